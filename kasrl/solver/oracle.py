@@ -1,0 +1,429 @@
+"""The completability oracle: can this partial kernel still be finished legally?
+
+**What "finished" means.** The finishing step (see
+:meth:`kasrl.space.SearchSpace.finish`) closes a partial kernel with zero-cost
+primitives where it can: it folds away G, KH and KW on every branch, folds C
+on branches whose channel size is not C, and adds the branches together. That
+costs nothing when some branch already has channel size exactly ``C`` (route
+*a*). Otherwise a contraction to ``C`` is unavoidable, and the cheapest one
+costs ``2*C`` FLOPs and ``C`` parameters (a 1 -> C projection of a pooled copy;
+route *c*). Both routes need a branch that still has H and one that still has
+W: no primitive creates a spatial axis.
+
+**Why that is exact.** Every primitive only adds constraints and non-negative
+costs, and a channel size of exactly ``C`` is only ever produced by the input,
+by a contraction with ``out=C`` or by merging with such a branch. So a state
+can be finished iff H and W survive somewhere and the constraints of the state,
+plus the route's extra cost, have a solution. The oracle decides exactly that.
+
+**How it stays fast.** Each state carries a *witness*: sizes known to satisfy
+its constraints. A candidate action is accepted at once when the witness,
+extended with the cheapest values for the action's new sizes, still satisfies
+every constraint (exact integer arithmetic; floats for costs, re-checked
+exactly near a limit). Otherwise the sizes the action touches are re-chosen one
+at a time (a local repair). It is rejected when propagated per-size domains
+empty out or when lower bounds over those domains already break a limit. Only
+the remaining cases go to CP-SAT (minimising cost, which also gives the next
+witness), cached by the canonical form of the constraints.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from fractions import Fraction
+from typing import Sequence
+
+from kasrl.ir.dims import C, free_symbol
+from kasrl.ir.graph import Constraints, KernelGraph, poly_terms
+from kasrl.ir.primitives import Inference
+from kasrl.ir.shape import C_SLOT, H_SLOT, W_SLOT, Shape, volume
+from kasrl.solver.cpsat import solve_sizes
+from kasrl.solver.numeric import NumericModel
+from kasrl.solver.solve import SizeSolver
+
+__all__ = ["CompletionOracle", "Prepared", "route", "shape_flags", "ROUTE_C_FLOPS", "ROUTE_C_PARAMS"]
+
+ROUTE_C_FLOPS = (C * 2,)
+ROUTE_C_PARAMS = (C,)
+_FITS, _NEAR = 2, 1
+_FLAGS: dict = {}
+
+
+def shape_flags(s: Shape) -> tuple:
+    """``(has_H, has_W, channel_is_C)`` as ints (cached per shape)."""
+    hit = _FLAGS.get(s)
+    if hit is None:
+        hit = (int(not s[H_SLOT].is_one), int(not s[W_SLOT].is_one), int(s[C_SLOT] == C))
+        _FLAGS[s] = hit
+    return hit
+
+
+def route(shapes: Sequence[Shape]) -> tuple:
+    """``(spatial_ok, has_exact_c)`` for a set of open-branch shapes."""
+    h = w = c = 0
+    for s in shapes:
+        fh, fw, fc = shape_flags(s)
+        h, w, c = h + fh, w + fw, c + fc
+    return bool(h and w), bool(c)
+
+
+def _compare(base: list, delta: list, extra: list, limits: list) -> int:
+    """0 when a total is over its limit, ``_FITS`` when all fit, ``_NEAR`` when
+    some total is within float rounding of its limit (then check exactly)."""
+    out = _FITS
+    for b, d, x, lim in zip(base, delta, extra, limits):
+        total = b + d + x
+        if total > lim * (1 + 1e-9):
+            return 0
+        if total > lim * (1 - 1e-9):
+            out = _NEAR
+    return out
+
+
+class Prepared:
+    """An inference with what the oracle needs precomputed (cached per state shape).
+
+    Attributes:
+        inf: the inference.
+        integral, equal, volume: the monomials it adds that involve free sizes
+            (volumes: all).
+        trivial: same shape as the single operand and nothing new to satisfy.
+        flags: :func:`shape_flags` of the output.
+        eid: a small int identifying the effect (for per-state memos).
+    """
+
+    __slots__ = ("inf", "integral", "equal", "volume", "trivial", "flags", "eid", "new_syms", "old_syms")
+    _ids: dict = {}
+
+    def __init__(self, inf: Inference, operand_shape: Shape | None, new_symbol: int | None = None) -> None:
+        self.inf = inf
+        self.new_syms = [new_symbol] if inf.new_symbols else []
+        self.integral = tuple(m for m in inf.shape if m.free_symbols()) + tuple(m for m in inf.integral if m.free_symbols())
+        self.equal = tuple(inf.equal)
+        self.volume = (volume(inf.shape),)
+        self.trivial = operand_shape is not None and inf.shape == operand_shape and not (
+            inf.new_symbols or inf.flops or inf.params or inf.equal or inf.integral
+        )
+        self.flags = shape_flags(inf.shape)
+        key = (inf.shape, inf.new_symbols, inf.flops, inf.params, inf.equal, inf.integral)
+        self.eid = Prepared._ids.setdefault(key, len(Prepared._ids))
+        syms = set()
+        for m in self.integral + self.equal + self.volume + tuple(inf.flops) + tuple(inf.params):
+            syms.update(m.free_symbols())
+        self.old_syms = tuple(sorted(syms - set(self.new_syms)))
+
+
+class CompletionOracle:
+    """Answers "can this kernel still be finished?" for states and candidate actions.
+
+    Args:
+        solver: the size solver (its placements, budget and CP-SAT settings).
+    """
+
+    def __init__(self, solver: SizeSolver) -> None:
+        self.solver = solver
+        self.num = NumericModel(solver.placements, solver.limits)
+        self.cache: dict = {}
+        self._effects: dict = {}
+        self.stats: Counter = Counter()
+        dom = solver.config.domain
+        legal = dom.choices()
+        first = [(False, 0), (False, 1), (False, 2), (False, 3), (True, 0), (True, -1), (True, -2), (True, -3), (True, 1)]
+        self._choices = [c for c in first if c in legal] + [c for c in legal if c not in first]
+        self._all = tuple(self._choices)
+        self._filter_cache: dict = {}
+        self._bounds_cache: dict = {}
+        n = len(solver.placements)
+        self._route_extra = (self.num.poly_float(ROUTE_C_FLOPS, {}), self.num.poly_float(ROUTE_C_PARAMS, {}))
+        self._no_extra = ([0.0] * n, [0.0] * n)
+        self._value = {c: [float(p.c) ** int(c[0]) * 2.0 ** c[1] for p in solver.placements] for c in legal}
+        self._lims_f = [lim.flops for lim in solver.limits]
+        self._lims_p = [lim.params for lim in solver.limits]
+
+    # -- witnesses ----------------------------------------------------------------
+    def _costs(self, constraints: Constraints, w: dict) -> tuple:
+        """Float FLOPs and params per placement under ``w``."""
+        return (self.num.poly_float(poly_terms(constraints.flops), w), self.num.poly_float(poly_terms(constraints.params), w))
+
+    def _extra(self, has_c: bool) -> tuple:
+        return self._no_extra if has_c else self._route_extra
+
+    def _solve(self, constraints: Constraints, symbols: tuple, has_c: bool) -> dict | None:
+        """CP-SAT: cheapest sizes satisfying ``constraints`` plus the route's extra cost."""
+        key = (constraints.key(), has_c)
+        if key in self.cache:
+            self.stats["cache_hit"] += 1
+            return self.cache[key]
+        self.stats["cpsat"] += 1
+        extra = ((), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS)
+        prob = self.solver.problem(constraints, symbols, *extra)
+        sizes, _ = solve_sizes(prob, self.solver.config, "min_cost", tie_break=False)
+        w = None if sizes is None else {s: (c.ratio, c.exp) for s, c in sizes.items()}
+        if len(self.cache) > 100_000:
+            self.cache.clear()
+        self.cache[key] = w
+        return w
+
+    def state_witness(self, graph: KernelGraph) -> dict | None:
+        """A witness for ``graph`` (cached on it), or None if it cannot be finished."""
+        w = getattr(graph, "_witness", None)
+        if w is not None:
+            return w
+        spatial_ok, has_c = route([graph.branch_shape(i) for i in range(graph.width)])
+        if not spatial_ok:
+            return None
+        w = self._solve(graph.constraints, graph.free_symbols, has_c)
+        if w is not None:
+            self.set_witness(graph, w)
+        return w
+
+    def set_witness(self, graph: KernelGraph, w: dict, costs: tuple | None = None, domains: dict | None = None) -> None:
+        """Attach a witness (its costs, and optionally propagated domains) to a graph."""
+        graph._witness = w
+        graph._witness_costs = costs if costs is not None else self._costs(graph.constraints, w)
+        if domains is not None:
+            graph._domains = domains
+
+    def completable(self, graph: KernelGraph) -> bool:
+        """True when ``graph`` can still be finished legally within budget."""
+        return self.state_witness(graph) is not None
+
+    # -- candidate actions ---------------------------------------------------------
+    def check(self, graph: KernelGraph, inf: Inference, operands: Sequence[int]) -> tuple | None:
+        """Can the state after applying ``inf`` to ``operands`` still be finished?
+
+        Returns:
+            ``(witness, costs, domains)`` for the successor when it can be
+            finished (``costs``/``domains`` may be None), else None.
+        """
+        shapes = [graph.branch_shape(i) for i in range(graph.width)]
+        shapes[operands[0]] = inf.shape
+        if len(operands) == 2:
+            del shapes[operands[1]]
+        spatial_ok, has_c = route(shapes)
+        if not spatial_ok:
+            return None
+        return self.check_prepared(graph, Prepared(inf, None, free_symbol(graph.n_free)), has_c)
+
+    def check_prepared(self, graph: KernelGraph, pr: Prepared, has_c: bool) -> tuple | None:
+        """:meth:`check` once the route is known (H and W survive; ``has_c``)."""
+        w = self.state_witness(graph)
+        if w is None:
+            return None
+        inf = pr.inf
+        base_f, base_p = graph._witness_costs
+        extra = self._extra(has_c)
+        new_syms = pr.new_syms
+        for cand, d_f, d_p in self._effect_table(pr, w):
+            verdict = _compare(base_f, d_f, extra[0], self._lims_f)
+            if verdict:
+                verdict = min(verdict, _compare(base_p, d_p, extra[1], self._lims_p))
+            w2 = {**w, new_syms[0]: cand} if new_syms else w
+            if verdict == _NEAR:
+                verdict = _FITS if self._fits_exact(graph, inf, w2, has_c) else 0
+            if verdict == _FITS:
+                self.stats["witness"] += 1
+                return w2, ([a + b for a, b in zip(base_f, d_f)], [a + b for a, b in zip(base_p, d_p)]), None
+        domains = self._propagate(graph, pr, new_syms)
+        if domains is None or self._bound_fails(graph, pr, domains, extra):
+            self.stats["bound"] += 1
+            return None
+        repaired = self._repair(graph, pr, w, new_syms, has_c, domains)
+        if repaired is not None:
+            self.stats["repair"] += 1
+            return repaired, None, domains
+        cons = graph.constraints.copy()
+        cons.add(inf)
+        w2 = self._solve(cons, graph.free_symbols + tuple(new_syms), has_c)
+        return None if w2 is None else (w2, None, domains)
+
+    def _effect_table(self, pr: Prepared, w: dict) -> list:
+        """``[(choice for the new size, flops per placement, params per placement)]``
+        for the choices that keep the action's own constraints (integral, equal,
+        within the tensor cap) under ``w``; cached by effect and by the witness
+        values of the sizes it touches, which rarely change."""
+        key = (pr.eid, tuple(w[s] for s in pr.old_syms))
+        hit = self._effects.get(key)
+        if hit is not None:
+            return hit
+        num = self.num
+        hit = []
+        base = {s: w[s] for s in pr.old_syms}
+        for cand in self._choices if pr.new_syms else (None,):
+            w2 = {**base, pr.new_syms[0]: cand} if pr.new_syms else base
+            if not all(num.integral(m, w2) for m in pr.integral):
+                continue
+            if not all(num.equal_one(m, w2) for m in pr.equal):
+                break  # equalities only involve existing sizes: no choice fixes them
+            if not num.volume_ok(pr.volume[0], w2):
+                continue
+            hit.append((cand, num.poly_float(pr.inf.flops, w2), num.poly_float(pr.inf.params, w2)))
+        if len(self._effects) > 200_000:
+            self._effects.clear()
+        self._effects[key] = hit
+        return hit
+
+    def _fits_exact(self, graph: KernelGraph, inf: Inference, w: dict, has_c: bool) -> bool:
+        """Exact budget check (only when the float check is within rounding of a limit)."""
+        extra = ((), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS)
+        flops = self.num.poly(poly_terms(graph.constraints.flops) + tuple(inf.flops) + extra[0], w)
+        params = self.num.poly(poly_terms(graph.constraints.params) + tuple(inf.params) + extra[1], w)
+        return all(f <= lim.flops and p <= lim.params for f, p, lim in zip(flops, params, self.solver.limits))
+
+    # -- domains and bounds --------------------------------------------------------
+    def _filter(self, domains: dict, monos, check) -> bool:
+        """Narrow single-symbol domains by ``check``; False when one empties.
+
+        Results are cached per (monomial, check, domain): they recur across states."""
+        cache = self._filter_cache
+        for m in monos:
+            free = m.free_symbols()
+            if len(free) != 1:
+                continue
+            s = free[0]
+            dom = domains[s]
+            key = (m, check.__name__, dom)
+            kept = cache.get(key)
+            if kept is None:
+                kept = tuple(c for c in dom if check(m, {s: c}))
+                if len(cache) > 200_000:
+                    cache.clear()
+                cache[key] = kept
+            if not kept:
+                return False
+            domains[s] = kept
+        return True
+
+    def domains(self, graph: KernelGraph) -> dict | None:
+        """Per-symbol choices allowed by single-symbol constraints (cached on the graph)."""
+        hit = getattr(graph, "_domains", None)
+        if hit is not None:
+            return hit
+        doms = {s: self._all for s in graph.free_symbols}
+        c = graph.constraints
+        ok = (
+            self._filter(doms, c.integral, self.num.integral)
+            and self._filter(doms, c.equal, self.num.equal_one)
+            and self._filter(doms, c.volume, self.num.volume_ok)
+        )
+        graph._domains = doms if ok else None
+        return graph._domains
+
+    def _propagate(self, graph: KernelGraph, pr: Prepared, new_syms: list) -> dict | None:
+        base = self.domains(graph)
+        if base is None:
+            return None
+        doms = dict(base)
+        for s in new_syms:
+            doms[s] = self._all
+        ok = (
+            self._filter(doms, pr.integral, self.num.integral)
+            and self._filter(doms, pr.equal, self.num.equal_one)
+            and self._filter(doms, pr.volume, self.num.volume_ok)
+        )
+        return doms if ok else None
+
+    def _bounds(self, domains: dict) -> dict:
+        """Symbol -> (lowest, highest value per placement) over its domain."""
+        out = {}
+        cache = self._bounds_cache
+        for s, choices in domains.items():
+            hit = cache.get(choices)
+            if hit is None:
+                vals = [self._value[c] for c in choices]
+                n = len(vals[0])
+                hit = ([min(v[i] for v in vals) for i in range(n)], [max(v[i] for v in vals) for i in range(n)])
+                cache[choices] = hit
+            out[s] = hit
+        return out
+
+    def _lb(self, terms, bounds: dict) -> list:
+        out = [0.0] * len(self.solver.placements)
+        for m in terms:
+            for i, v in enumerate(self.num.min_value(m, bounds)):
+                out[i] += v
+        return out
+
+    def _bound_fails(self, graph: KernelGraph, pr: Prepared, domains: dict, extra: tuple) -> bool:
+        """Lower bounds over independent domains already break a limit.
+
+        The state's own costs are bounded once per state over its domains (a
+        valid, slightly weaker bound when the action narrows a domain)."""
+        c = graph.constraints
+        base_domains = self.domains(graph)
+        if any(len(domains[s]) < len(base_domains[s]) for s in base_domains):  # the action narrowed a size
+            b0 = self._bounds(domains)
+            base = (self._lb(poly_terms(c.flops), b0), self._lb(poly_terms(c.params), b0))
+        else:
+            base = getattr(graph, "_lb", None)
+            if base is None:
+                b0 = self._bounds(base_domains)
+                base = (self._lb(poly_terms(c.flops), b0), self._lb(poly_terms(c.params), b0))
+                graph._lb = base
+        touched = set(pr.new_syms)
+        for m in pr.volume + tuple(pr.inf.flops) + tuple(pr.inf.params):
+            touched.update(m.free_symbols())
+        bounds = self._bounds({s: domains[s] for s in touched})
+        for m in pr.volume:
+            if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)):
+                return True
+        d_f = self._lb(pr.inf.flops, bounds)
+        d_p = self._lb(pr.inf.params, bounds)
+        lb_f = [a + b for a, b in zip(base[0], d_f)]
+        lb_p = [a + b for a, b in zip(base[1], d_p)]
+        for i, lim in enumerate(self.solver.limits):
+            if lb_f[i] + extra[0][i] > lim.flops * (1 + 1e-9) or lb_p[i] + extra[1][i] > lim.params * (1 + 1e-9):
+                return True
+        return False
+
+    # -- local repair ---------------------------------------------------------------
+    def _system(self, graph: KernelGraph) -> tuple:
+        """The graph's constraints indexed by symbol (cached on the graph)."""
+        hit = getattr(graph, "_system", None)
+        if hit is None:
+            c = graph.constraints
+            index: dict = {}
+            for kind, monos in (("integral", c.integral), ("equal", c.equal), ("volume", c.volume)):
+                for m in monos:
+                    for s in m.free_symbols():
+                        index.setdefault(s, []).append((kind, m))
+            hit = (index, poly_terms(c.flops), poly_terms(c.params))
+            graph._system = hit
+        return hit
+
+    def _repair(self, graph: KernelGraph, pr: Prepared, w: dict, new_syms: list, has_c: bool, domains: dict) -> dict | None:
+        """Re-choose one size the action touches (new sizes start at their smallest)
+        until every constraint holds; the cheapest such witness, or None."""
+        index, flops_terms, params_terms = self._system(graph)
+        inf = pr.inf
+        touched = set(new_syms)
+        for m in pr.integral + pr.equal + tuple(inf.flops) + tuple(inf.params):
+            touched.update(m.free_symbols())
+        if not touched:
+            return None
+        num = self.num
+        lims = self.solver.limits
+        extra = ((), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS)
+        checks = {"integral": num.integral, "equal": num.equal_one, "volume": num.volume_ok}
+        all_f = flops_terms + tuple(inf.flops) + extra[0]
+        all_p = params_terms + tuple(inf.params) + extra[1]
+        start = {**w, **{s: domains[s][0] for s in new_syms}}
+        best = None
+        for s in sorted(touched):
+            for choice in domains[s]:
+                w2 = {**start, s: choice}
+                if not (
+                    all(num.integral(m, w2) for m in pr.integral)
+                    and all(num.equal_one(m, w2) for m in pr.equal)
+                    and num.volume_ok(pr.volume[0], w2)
+                    and all(checks[kind](m, w2) for kind, m in index.get(s, ()))
+                ):
+                    continue
+                f = num.poly_float(all_f, w2)
+                p = num.poly_float(all_p, w2)
+                if any(a > lim.flops * (1 - 1e-9) or b > lim.params * (1 - 1e-9) for a, b, lim in zip(f, p, lims)):
+                    continue
+                util = sum(a / lim.flops + b / lim.params for a, b, lim in zip(f, p, lims))
+                if best is None or util < best[0]:
+                    best = (util, w2)
+        return None if best is None else best[1]

@@ -1,0 +1,333 @@
+"""The search space: one object that answers every question about legality.
+
+The environment, the random sampler and the DEAP decoder all go through a
+:class:`SearchSpace`; nobody re-implements legality.
+
+>>> space = SearchSpace(RESNET18_PLACEMENTS)
+>>> g = space.reset()
+>>> g = space.apply(g, space.index("unfold", 0, axes="HW", k=3, dilation=1))
+>>> g = space.apply(g, space.index("projection", 0, out="C", grouped=False))
+>>> kernel = space.finish(g)
+>>> kernel.is_finished, kernel.n_primitives
+(True, 2)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kasrl.errors import IllegalAction
+from kasrl.ir.dims import ONE, PLACEHOLDER, PLACEHOLDER_INDEX, C, free_symbol
+from kasrl.ir.graph import KernelGraph
+from kasrl.ir.primitives import PRIMITIVES, Binary, Fold, Projection, SpaceContext
+from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, KH_SLOT, KW_SLOT, SLOTS, W_SLOT
+from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement
+from kasrl.solver.cpsat import SolverConfig, solve_sizes
+from kasrl.solver.oracle import CompletionOracle, Prepared, shape_flags
+from kasrl.solver.solve import SizeSolver
+from kasrl.space.config import Action, ActionTable, SpaceConfig
+
+__all__ = ["SearchSpace", "RESNET18_PLACEMENTS"]
+
+_ADD = Binary(op="add")
+
+
+def _renamed(d: dict, mapping: dict) -> dict:
+    return {mapping.get(k, k): v for k, v in d.items()}
+
+
+class SearchSpace:
+    """Legal actions, their application and the finishing step, for one set of placements.
+
+    Args:
+        placements: every ``(C, H, W)`` the kernel will be used at.
+        budget: FLOPs / parameter / tensor-size budget per placement.
+        config: the primitive library and kernel limits.
+        solver_config: CP-SAT settings (seed, workers, time limit, size domain).
+
+    A state is a :class:`~kasrl.ir.graph.KernelGraph`. Masks are exact: every
+    action :meth:`action_mask` allows leads to a state that can still be
+    finished legally within budget (see :mod:`kasrl.solver.oracle`).
+    """
+
+    def __init__(
+        self,
+        placements: Sequence[Placement] = RESNET18_PLACEMENTS,
+        budget: Budget | None = None,
+        config: SpaceConfig | None = None,
+        solver_config: SolverConfig | None = None,
+    ) -> None:
+        self.config = config or SpaceConfig()
+        self.solver = SizeSolver(placements, budget, solver_config)
+        self.oracle = CompletionOracle(self.solver)
+        self.table = ActionTable(self.config)
+        self.ctx = SpaceContext(allow_spatial_weights=self.config.allow_spatial_weights)
+        self._applicable_cache: dict = {}
+
+    @property
+    def placements(self) -> tuple:
+        """The placements every kernel must be legal at."""
+        return self.solver.placements
+
+    @property
+    def budget(self) -> Budget:
+        """The budget every kernel must fit."""
+        return self.solver.budget
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space."""
+        return len(self.table)
+
+    def index(self, name: str, *operands: int, **attrs) -> int:
+        """Action index of primitive ``name`` (or ``"finish"``/``"fork"``) with ``attrs`` on ``operands``.
+
+        Raises:
+            KeyError: when no such action is in the table.
+        """
+        if name in ("finish", "fork"):
+            act = Action(name, None, tuple(operands))
+        else:
+            prim = PRIMITIVES[name](**attrs)
+            act = Action("binary" if prim.arity == 2 else "unary", prim, tuple(operands))
+        return self.table.index[act]
+
+    # -- states ---------------------------------------------------------------
+    def reset(self) -> KernelGraph:
+        """The initial state: the input tensor alone."""
+        g = KernelGraph(self.ctx)
+        self.oracle.set_witness(g, {})
+        return g
+
+    def _applicable(self, shapes: tuple) -> tuple:
+        """The templates that apply to ``shapes`` (one shape: unary; two: binary),
+        grouped by effect, cached per shapes.
+
+        Returns ``(trivial, groups)``: template indices whose action keeps the
+        shape and adds nothing (always completable), and ``[(Prepared,
+        commutative indices, non-commutative indices)]``. A new free size is the
+        placeholder symbol, renamed when the action is applied.
+        """
+        hit = self._applicable_cache.get(shapes)
+        if hit is None:
+            unary = len(shapes) == 1
+            templates = self.table.unary if unary else self.table.binary
+            trivial = []
+            groups: dict = {}
+            for t_idx, prim in enumerate(templates):
+                inf = prim.infer(shapes, PLACEHOLDER_INDEX, self.ctx)
+                if inf is None:
+                    continue
+                pr = Prepared(inf, shapes[0] if unary else None, PLACEHOLDER)
+                if pr.trivial:
+                    trivial.append(t_idx)
+                    continue
+                entry = groups.setdefault(pr.eid, (pr, [], []))
+                entry[1 if prim.commutative else 2].append(t_idx)
+            by_template = {t: pr for pr, c, n in groups.values() for t in c + n}
+            hit = (
+                np.array(trivial, dtype=np.int64),
+                [(pr, np.array(c, dtype=np.int64), np.array(n, dtype=np.int64)) for pr, c, n in groups.values()],
+                by_template,
+            )
+            if len(self._applicable_cache) > 100_000:
+                self._applicable_cache.clear()
+            self._applicable_cache[shapes] = hit
+        return hit
+
+    def _verdict(self, graph: KernelGraph, pr: Prepared, ops: tuple, counts: list, flags: list):
+        """Oracle verdict for one effect on ``ops``: the successor's witness or None."""
+        h, w, c = counts
+        for i in ops:
+            fh, fw, fc = flags[i]
+            h, w, c = h - fh, w - fw, c - fc
+        if not (h + pr.flags[0] and w + pr.flags[1]):
+            return None  # H or W would be gone for good
+        return self.oracle.check_prepared(graph, pr, bool(c + pr.flags[2]))
+
+    def action_mask(self, graph: KernelGraph) -> np.ndarray:
+        """``int8`` mask over the action table: 1 where the action is legal.
+
+        Never all zero for a state reached through legal actions: finishing is
+        legal from ``min_steps`` on, and an activation always is before.
+        """
+        mask = getattr(graph, "_mask", None)
+        if mask is not None:
+            return mask
+        mask = np.zeros(len(self.table), dtype=np.int8)
+        succ: dict = {}
+        cfg = self.config
+        table = self.table
+        width = graph.width
+        mw = cfg.max_width
+        mask[0] = graph.steps >= cfg.min_steps
+        if graph.steps < cfg.max_steps:
+            shapes = [graph.branch_shape(i) for i in range(width)]
+            flags = [shape_flags(s) for s in shapes]
+            counts = [sum(f[k] for f in flags) for k in range(3)]
+            if width < mw and "fork" in cfg.families:
+                mask[table.fork_offset : table.fork_offset + width] = 1
+            for i, s in enumerate(shapes):
+                trivial, groups, _ = self._applicable((s,))
+                base = table.unary_offset + i
+                mask[base + trivial * mw] = 1
+                for pr, comm, noncomm in groups:
+                    res = self._verdict(graph, pr, (i,), counts, flags)
+                    if res is not None:
+                        idx = base + np.concatenate((comm, noncomm)) * mw
+                        mask[idx] = 1
+                        succ[(i, pr.eid)] = (pr, res)
+            if width >= 2:
+                npairs = len(table.pairs)
+                for p_idx, (i, j) in enumerate(table.pairs):
+                    if i >= width or j >= width:
+                        continue
+                    _, groups, _ = self._applicable((shapes[i], shapes[j]))
+                    base = table.binary_offset + p_idx
+                    for pr, comm, noncomm in groups:
+                        idx = noncomm if i > j else np.concatenate((comm, noncomm))
+                        if not len(idx):
+                            continue  # commutative ops: the other order is the same kernel
+                        res = self._verdict(graph, pr, (i, j), counts, flags)
+                        if res is not None:
+                            mask[base + idx * npairs] = 1
+                            succ[((i, j), pr.eid)] = (pr, res)
+        graph._mask = mask
+        graph._succ = succ
+        return mask
+
+    def is_legal(self, graph: KernelGraph, action: int) -> bool:
+        """True when ``action`` is allowed in ``graph``."""
+        return 0 <= action < len(self.table) and bool(self.action_mask(graph)[action])
+
+    def apply(self, graph: KernelGraph, action: int, in_place: bool = False) -> KernelGraph:
+        """The state after taking ``action`` (a new graph unless ``in_place``).
+
+        ``finish`` returns the finished, solved kernel (see :meth:`finish`).
+
+        Raises:
+            IllegalAction: when the action is masked in this state.
+        """
+        if not self.is_legal(graph, action):
+            inside = 0 <= action < len(self.table)
+            label = self.table[action].label() if inside else str(action)
+            reason = "masked in this state" if inside else f"out of range [0, {len(self.table)})"
+            raise IllegalAction(f"action {action} ({label}) is {reason}; pass a legal action (see action_mask)")
+        act = self.table[action]
+        if act.kind == "finish":
+            return self.finish(graph)
+        entry = None
+        if act.kind in ("unary", "binary"):
+            shapes = tuple(graph.branch_shape(i) for i in act.operands)
+            templates = self.table.unary if act.kind == "unary" else self.table.binary
+            pr = self._applicable(shapes)[2].get(templates.index(act.prim))
+            if pr is not None:  # None: a trivial action, the witness carries over
+                entry = graph._succ[(act.operands[0] if act.kind == "unary" else act.operands, pr.eid)]
+        witness, costs, domains = graph._witness, graph._witness_costs, getattr(graph, "_domains", None)
+        g = graph if in_place else graph.copy()
+        for attr in ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb"):
+            g.__dict__.pop(attr, None)
+        if act.kind == "fork":
+            g.fork(act.operands[0])
+        elif entry is None:  # same-shape zero-cost action: the witness carries over
+            g.apply(act.prim, act.operands)
+        else:
+            pr, (witness, costs, domains) = entry
+            new = {PLACEHOLDER: free_symbol(g.n_free)} if pr.new_syms else {}
+            g.apply(act.prim, act.operands, inference=pr.inf.renamed(new))
+            if new:
+                witness = _renamed(witness, new)
+                domains = _renamed(domains, new) if domains is not None else None
+        self.oracle.set_witness(g, witness, costs, domains)
+        return g
+
+    def replay(self, actions: Sequence[int], finish: bool = True) -> KernelGraph:
+        """Apply a sequence of action indices from the initial state.
+
+        Raises:
+            IllegalAction: naming the first action that is not legal.
+        """
+        g = self.reset()
+        for a in actions:
+            g = self.apply(g, int(a), in_place=True)
+            if g.sizes is not None:
+                return g
+        return self.finish(g) if finish else g
+
+    # -- finishing ----------------------------------------------------------
+    def can_finish(self, graph: KernelGraph) -> bool:
+        """True when the finish action is legal."""
+        return graph.steps >= self.config.min_steps and self.oracle.completable(graph)
+
+    def finish(self, graph: KernelGraph) -> KernelGraph:
+        """Close the kernel (zero-cost folds and adds; a projection to C only when no
+        branch has channel size C) and solve its sizes, maximising FLOPs use.
+
+        Returns a new, finished graph with ``sizes`` set.
+
+        Raises:
+            IllegalAction: when finishing is not allowed in this state.
+            SolverInfeasible: when CP-SAT runs out of time without a solution.
+        """
+        if not self.can_finish(graph):
+            raise IllegalAction(f"cannot finish yet: {graph.steps} actions taken, at least {self.config.min_steps} needed")
+        g = graph.copy()
+        for attr in ("_mask", "_succ", "_system", "_domains", "_lb"):
+            g.__dict__.pop(attr, None)
+        if self._close(g):
+            return g
+        self.solver.solve(g)
+        return g
+
+    def _fold(self, g: KernelGraph, i: int, slot: int) -> None:
+        g.apply(Fold(slot=SLOTS[slot], mode="mean"), (i,), closing=True)
+
+    def _merge_all(self, g: KernelGraph) -> None:
+        while g.width > 1:
+            g.apply(_ADD, (0, g.width - 1), closing=True)
+
+    def _close(self, g: KernelGraph) -> bool:
+        """Append the closing primitives; True when it also solved the sizes."""
+        for i in range(g.width):
+            for slot in (G_SLOT, KH_SLOT, KW_SLOT):
+                if not g.branch_shape(i)[slot].is_one:
+                    self._fold(g, i, slot)
+        if any(g.branch_shape(i)[C_SLOT] == C for i in range(g.width)):
+            for i in range(g.width):  # route a: keep the C-sized branches
+                if g.branch_shape(i)[C_SLOT] not in (C, ONE):
+                    self._fold(g, i, C_SLOT)
+            self._merge_all(g)
+            return False
+        if self._close_with_projection(g):
+            return True
+        for i in range(g.width):  # route c, cheapest: a 1 -> C projection of a pooled copy
+            if not g.branch_shape(i)[C_SLOT].is_one:
+                self._fold(g, i, C_SLOT)
+        self._merge_all(g)
+        g.fork(0, closing=True)
+        self._fold(g, 1, H_SLOT)
+        self._fold(g, 1, W_SLOT)
+        g.apply(Projection(out="C", grouped=False), (1,), closing=True)
+        g.apply(_ADD, (0, 1), closing=True)
+        return False
+
+    def _close_with_projection(self, g: KernelGraph) -> bool:
+        """Route c, preferred form: merge the branches and project the result to C.
+
+        Solves the sizes of that closing; False (and ``g`` untouched) when it
+        does not fit the budget."""
+        trial = g.copy()
+        keep = next((trial.branch_shape(i)[C_SLOT] for i in range(trial.width) if not trial.branch_shape(i)[C_SLOT].is_one), ONE)
+        for i in range(trial.width):
+            if trial.branch_shape(i)[C_SLOT] not in (keep, ONE):
+                self._fold(trial, i, C_SLOT)
+        self._merge_all(trial)
+        trial.apply(Projection(out="C", grouped=False), (0,), closing=True)
+        sizes, _ = solve_sizes(self.solver.problem(trial.constraints, trial.free_symbols), self.solver.config, "max_flops")
+        if sizes is None:
+            return False
+        trial.sizes = sizes
+        g.__dict__.update(trial.__dict__)
+        return True
