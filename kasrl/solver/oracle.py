@@ -125,6 +125,7 @@ class CompletionOracle:
         self.num = NumericModel(solver.placements, solver.limits)
         self.cache: dict = {}
         self._effects: dict = {}
+        self._verdicts: dict = {}
         self.stats: Counter = Counter()
         dom = solver.config.domain
         legal = dom.choices()
@@ -214,7 +215,14 @@ class CompletionOracle:
         base_f, base_p = graph._witness_costs
         extra = self._extra(has_c)
         new_syms = pr.new_syms
-        for cand, d_f, d_p in self._effect_table(pr, w):
+        wkey = tuple(w[s] for s in pr.old_syms)
+        vkey = (pr.eid, wkey, has_c, tuple(base_f), tuple(base_p))
+        hit = self._verdicts.get(vkey)
+        if hit is not None:  # the same effect, sizes and costs as in an earlier state
+            self.stats["witness"] += 1
+            cand, costs = hit
+            return ({**w, new_syms[0]: cand} if new_syms else w), costs, None
+        for cand, d_f, d_p in self._effect_table(pr, w, wkey):
             verdict = _compare(base_f, d_f, extra[0], self._lims_f)
             if verdict:
                 verdict = min(verdict, _compare(base_p, d_p, extra[1], self._lims_p))
@@ -223,7 +231,11 @@ class CompletionOracle:
                 verdict = _FITS if self._fits_exact(graph, inf, w2, has_c) else 0
             if verdict == _FITS:
                 self.stats["witness"] += 1
-                return w2, ([a + b for a, b in zip(base_f, d_f)], [a + b for a, b in zip(base_p, d_p)]), None
+                costs = ([a + b for a, b in zip(base_f, d_f)], [a + b for a, b in zip(base_p, d_p)])
+                if len(self._verdicts) > 200_000:
+                    self._verdicts.clear()
+                self._verdicts[vkey] = (cand, costs)
+                return w2, costs, None
         domains = self._propagate(graph, pr, new_syms)
         if domains is None or self._bound_fails(graph, pr, domains, extra):
             self.stats["bound"] += 1
@@ -237,12 +249,12 @@ class CompletionOracle:
         w2 = self._solve(cons, graph.free_symbols + tuple(new_syms), has_c)
         return None if w2 is None else (w2, None, domains)
 
-    def _effect_table(self, pr: Prepared, w: dict) -> list:
+    def _effect_table(self, pr: Prepared, w: dict, wkey: tuple) -> list:
         """``[(choice for the new size, flops per placement, params per placement)]``
         for the choices that keep the action's own constraints (integral, equal,
         within the tensor cap) under ``w``; cached by effect and by the witness
         values of the sizes it touches, which rarely change."""
-        key = (pr.eid, tuple(w[s] for s in pr.old_syms))
+        key = (pr.eid, wkey)
         hit = self._effects.get(key)
         if hit is not None:
             return hit

@@ -1,0 +1,119 @@
+"""The Canvas-style random sampler: the baseline every search must beat.
+
+Pseudocode of :meth:`RandomSampler.ask`::
+
+    n ~ U{steps}                   # how many primitives this kernel gets
+    w ~ U{widths}                  # the most branches it may open
+    state = input
+    while steps(state) < n:
+        legal = mask(state) minus finish, minus forks once width(state) == w
+        pick uniformly among legal actions
+            (family_first: a family uniformly, then one of its actions)
+        state = apply(state, action)
+    finish(state)                  # close and solve sizes with CP-SAT
+
+Masks are exact, so every draw ends in a legal, solved kernel: no restarts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import numpy as np
+
+from kasrl.eval.base import EvalResult
+from kasrl.ir.graph import KernelGraph
+from kasrl.space import SearchSpace
+from kasrl.strategy import BestTracker, Proposal, Strategy
+
+__all__ = ["RandomSampler"]
+
+
+class RandomSampler(Strategy):
+    """Uniform random construction over legal actions (Canvas's baseline, without restarts).
+
+    Args:
+        space: the search space (placements, budget, primitive library).
+        seed: seeds every random choice; the same seed gives the same kernels.
+        steps: inclusive range of actions per kernel (Canvas: 5 to 25).
+        widths: inclusive range of the most branches open at once (Canvas: 2 to 8).
+        family_first: draw a primitive family uniformly, then one of its legal
+            actions (uniform over actions over-samples families with many
+            variants, such as convolutions).
+    """
+
+    name = "random"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, steps: tuple = (5, 25), widths: tuple = (2, 8), family_first: bool = False) -> None:
+        lo, hi = steps
+        if not 1 <= lo <= hi <= space.config.max_steps:
+            raise ValueError(f"`steps` must satisfy 1 <= low <= high <= max_steps ({space.config.max_steps}), got {steps}")
+        if not 1 <= widths[0] <= widths[1]:
+            raise ValueError(f"`widths` must satisfy 1 <= low <= high, got {widths}")
+        self.space = space
+        self.seed = seed
+        self.steps = (lo, hi)
+        self.widths = tuple(widths)
+        self.family_first = family_first
+        self.rng = random.Random(seed)
+        self.best = BestTracker()
+        self._fork_actions = np.array([a for a, act in enumerate(space.table.actions) if act.kind == "fork"], dtype=np.int64)
+        self._families = [act.family for act in space.table.actions]
+
+    def _choose(self, graph: KernelGraph, target: int, width_cap: int) -> int:
+        mask = self.space.action_mask(graph).copy()
+        if graph.steps < target and mask[1:].any():
+            mask[0] = 0
+        elif mask[0]:
+            return 0
+        if graph.width >= width_cap and len(self._fork_actions):
+            saved = mask.copy()
+            mask[self._fork_actions] = 0
+            if not mask.any():
+                mask = saved
+        legal = np.flatnonzero(mask)
+        if not self.family_first:
+            return int(legal[self.rng.randrange(len(legal))])
+        by_family = defaultdict(list)
+        for a in legal:
+            by_family[self._families[a]].append(int(a))
+        family = self.rng.choice(sorted(by_family))
+        return self.rng.choice(by_family[family])
+
+    def sample_actions(self) -> tuple:
+        """Draw one kernel: ``(finished kernel, action sequence)``."""
+        target = self.rng.randint(*self.steps)
+        width_cap = self.rng.randint(*self.widths)
+        g = self.space.reset()
+        actions = []
+        while g.sizes is None:
+            a = self._choose(g, target, width_cap)
+            actions.append(a)
+            g = self.space.apply(g, a, in_place=True)
+        return g, tuple(actions)
+
+    def ask(self) -> Proposal:
+        """A new random kernel."""
+        kernel, actions = self.sample_actions()
+        return Proposal(kernel, actions)
+
+    def tell(self, proposal: Proposal, result: EvalResult) -> None:
+        """Track the best result (random sampling does not learn)."""
+        self.best.update(result)
+
+    def state_dict(self) -> dict:
+        """The RNG state and best-so-far."""
+        return {"rng": self.rng.getstate(), "best": self.best.state_dict(), "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.rng.setstate(_as_state(state["rng"]))
+        self.best.load_state_dict(state["best"])
+
+
+def _as_state(s):
+    """``random.Random`` state restored from JSON (lists) or pickle (tuples)."""
+    if isinstance(s, list):
+        return (s[0], tuple(s[1]), s[2])
+    return s

@@ -1,0 +1,294 @@
+"""The kernel-construction environment: each action adds one primitive.
+
+>>> import gymnasium as gym, envs
+>>> env = gym.make("kasrl/KernelConstruction-v0", max_steps=6)
+>>> obs, info = env.reset(seed=0)
+>>> mask = info["action_mask"]
+>>> bool(mask.any()) and obs["node_mask"].sum() == 1
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from kasrl.errors import IllegalAction, KasrlError, SolverInfeasible
+from kasrl.eval.base import AnalyticEvaluator, EvalResult, Evaluator, failure
+from kasrl.ir.canonical import kernel_hash
+from kasrl.ir.dims import C
+from kasrl.ir.graph import KernelGraph
+from kasrl.ir.serialize import to_document
+from kasrl.ir.shape import C_SLOT
+from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement
+from kasrl.solver.cpsat import SolverConfig
+from kasrl.space import FAMILIES, SearchSpace, SpaceConfig
+from kasrl.store.records import Status
+
+__all__ = ["KernelConstructionEnv", "MaskedDiscrete", "NODE_FEATURES"]
+
+_FAMILY_INDEX = {f: i for i, f in enumerate(("input",) + tuple(f for f in FAMILIES if f != "fork"))}
+_SLOT_FEATURES = 4  # per slot: absent, exactly C, has a free size, log2 of a fixed size / 4
+NODE_FEATURES = len(_FAMILY_INDEX) + 6 * _SLOT_FEATURES + 5
+
+
+class MaskedDiscrete(spaces.Discrete):
+    """A ``Discrete`` space whose ``sample()`` (without a mask) draws a legal action.
+
+    The mask comes from the environment's current state, so
+    ``env.action_space.sample()`` is always a legal move.
+    """
+
+    def __init__(self, n: int, mask_fn, seed: int | None = None) -> None:
+        super().__init__(n, seed=seed)
+        self._mask_fn = mask_fn
+
+    def sample(self, mask: np.ndarray | None = None, probability: np.ndarray | None = None) -> np.int64:
+        if mask is None and probability is None:
+            mask = self._mask_fn()
+        return super().sample(mask=mask, probability=probability)
+
+
+def _node_features(node, branch_flags: dict, depth: int, users: int, max_depth: int) -> np.ndarray:
+    f = np.zeros(NODE_FEATURES, dtype=np.float32)
+    family = "input" if node.prim is None else node.prim.family
+    f[_FAMILY_INDEX[family]] = 1.0
+    base = len(_FAMILY_INDEX)
+    for k, m in enumerate(node.shape):
+        o = base + k * _SLOT_FEATURES
+        if m.is_one:
+            f[o] = 1.0
+            continue
+        f[o + 1] = float(m == C) if k == C_SLOT else 0.0
+        f[o + 2] = float(bool(m.free_symbols()))
+        static = m.static_part()
+        value = static.num / static.den
+        f[o + 3] = min(math.log2(max(value, 1.0)) / 4.0, 1.0)
+    tail = base + 6 * _SLOT_FEATURES
+    f[tail] = float(node.closing)
+    f[tail + 1] = float(bool(node.symbols))
+    f[tail + 2] = min(depth / max(max_depth, 1), 1.0)
+    f[tail + 3] = min(users / 4.0, 1.0)
+    f[tail + 4] = branch_flags.get(node.id, 0.0)
+    return f
+
+
+class KernelConstructionEnv(gym.Env):
+    """Build a kernel one primitive at a time; the reward comes at the end.
+
+    **Actions** — a flat ``Discrete`` over the search space's action table
+    (primitive template x operand branches, fork, finish; see
+    :mod:`kasrl.space.config`). :meth:`action_masks` (read by sb3-contrib) and
+    ``info["action_mask"]`` give the legal ones; masks are exact and never all
+    zero. ``finish`` is legal from ``min_steps`` on; at ``max_steps`` the kernel
+    is finished automatically.
+
+    **Observations** — a ``Dict`` of fixed-size padded arrays, finite values:
+
+    * ``nodes`` ``[max_nodes, NODE_FEATURES]``: primitive family, per-slot shape
+      features, closing/new-size flags, depth, fan-out, open-branch flag;
+    * ``adjacency`` ``[max_nodes, max_nodes]``: 1 where column j feeds row i;
+    * ``node_mask`` ``[max_nodes]``: 1 for real nodes;
+    * ``branches`` ``[max_width, max_nodes]``: one-hot node of each open branch;
+    * ``budget`` ``[6]``: FLOPs and params used (lowest known sizes, fraction of
+      the budget, worst placement), steps and width used, "a branch has C
+      channels", free sizes so far.
+
+    **Reward** — 0 until the episode ends, then the evaluator's reward for the
+    finished kernel. ``step`` never raises on a bad kernel: a failure is a
+    penalty with the typed cause in ``info``.
+
+    ``info`` keys: ``action_mask`` (always); at the end also ``kernel`` (the
+    JSON document), ``kernel_hash``, ``status`` (label), ``metrics``,
+    ``objectives``, ``cause`` (empty when OK) and ``result`` (the
+    :class:`~kasrl.eval.base.EvalResult`). With ``invalid_action="penalize"``
+    a masked action leaves the state unchanged and adds ``error``.
+
+    Args:
+        placements: where the kernels will be used (default ResNet-18's stages).
+        budget: FLOPs / params / tensor budget per placement.
+        space_config: the primitive library and kernel limits (or pass ``max_steps``).
+        solver_config: CP-SAT settings.
+        evaluator: reward source (default :class:`AnalyticEvaluator`).
+        space: an existing :class:`SearchSpace` (shares its caches; overrides the above).
+        max_steps: shortcut for ``space_config.max_steps``.
+        invalid_action: ``"raise"`` (default: :class:`IllegalAction`, state
+            untouched) or ``"penalize"`` (reward ``invalid_penalty``, state
+            untouched; for agents that do not use masks).
+        invalid_penalty: reward for a masked action under ``"penalize"``.
+        render_mode: ``None`` or ``"ansi"`` (the kernel so far as text).
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        placements: Sequence[Placement] | None = None,
+        budget: Budget | None = None,
+        space_config: SpaceConfig | None = None,
+        solver_config: SolverConfig | None = None,
+        evaluator: Evaluator | None = None,
+        space: SearchSpace | None = None,
+        max_steps: int | None = None,
+        invalid_action: str = "raise",
+        invalid_penalty: float = -0.1,
+        render_mode: str | None = None,
+    ) -> None:
+        if invalid_action not in ("raise", "penalize"):
+            raise KasrlError(f"`invalid_action` must be 'raise' or 'penalize', got {invalid_action!r}")
+        if render_mode not in (None, "ansi"):
+            raise KasrlError(f"`render_mode` must be None or 'ansi', got {render_mode!r}")
+        if space is None:
+            cfg = space_config or SpaceConfig()
+            if max_steps is not None:
+                cfg = SpaceConfig(**{**cfg.__dict__, "max_steps": max_steps, "min_steps": min(cfg.min_steps, max_steps)})
+            space = SearchSpace(placements or RESNET18_PLACEMENTS, budget, cfg, solver_config)
+        self.space = space
+        self.evaluator = evaluator or AnalyticEvaluator(space.placements)
+        self.invalid_action = invalid_action
+        self.invalid_penalty = invalid_penalty
+        self.render_mode = render_mode
+        cfg = space.config
+        self.max_width = cfg.max_width
+        self.max_nodes = cfg.max_steps + 4 * cfg.max_width + 8
+        n = self.max_nodes
+        self.action_space = MaskedDiscrete(space.n_actions, self.action_masks)
+        self.observation_space = spaces.Dict(
+            {
+                "nodes": spaces.Box(-1.0, 1.0, (n, NODE_FEATURES), np.float32),
+                "adjacency": spaces.Box(0.0, 1.0, (n, n), np.float32),
+                "node_mask": spaces.Box(0.0, 1.0, (n,), np.float32),
+                "branches": spaces.Box(0.0, 1.0, (self.max_width, n), np.float32),
+                "budget": spaces.Box(0.0, 1.0, (6,), np.float32),
+            }
+        )
+        self.graph: KernelGraph | None = None
+        self.kernel: KernelGraph | None = None
+        self._done = False
+        self._features: dict = {}
+
+    # -- Gymnasium API -------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        """Start a new kernel from the input tensor alone."""
+        super().reset(seed=seed)
+        self.graph = self.space.reset()
+        self.kernel = None
+        self._done = False
+        self._features = {}
+        return self._observation(), {"action_mask": self.action_masks()}
+
+    def step(self, action: int) -> tuple:
+        """Apply one action; see the class docstring for the returned ``info``.
+
+        Raises:
+            IllegalAction: for a masked action when ``invalid_action="raise"``
+                (the state is left as it was).
+        """
+        if self.graph is None or self._done:
+            raise KasrlError("call reset() before step(): the episode has ended or not started")
+        action = int(action)
+        if not self.space.is_legal(self.graph, action):
+            if self.invalid_action == "raise":
+                self.space.apply(self.graph, action)  # raises IllegalAction with the reason
+            info = {"action_mask": self.action_masks(), "error": f"action {action} is masked in this state"}
+            return self._observation(), float(self.invalid_penalty), False, False, info
+        act = self.space.table[action]
+        if act.kind != "finish":
+            self.graph = self.space.apply(self.graph, action)
+            if self.graph.steps < self.space.config.max_steps:
+                return self._observation(), 0.0, False, False, {"action_mask": self.action_masks()}
+        return self._finish()
+
+    def action_masks(self) -> np.ndarray:
+        """The legal actions of the current state (``int8``; sb3-contrib reads this)."""
+        if self.graph is None:
+            self.graph = self.space.reset()
+        if self._done:
+            return self.space.action_mask(self.space.reset())  # any legal move of a new episode
+        return self.space.action_mask(self.graph)
+
+    def render(self) -> str | None:
+        """The kernel so far as text (``render_mode="ansi"``)."""
+        if self.render_mode != "ansi" or self.graph is None:
+            return None
+        g = self.kernel if self.kernel is not None else self.graph
+        head = f"steps {self.graph.steps}/{self.space.config.max_steps}, width {self.graph.width}"
+        return head + "\n" + g.describe() + "\n"
+
+    # -- internals ----------------------------------------------------------------
+    def _finish(self) -> tuple:
+        self._done = True
+        try:
+            kernel = self.space.finish(self.graph)
+        except (SolverInfeasible, IllegalAction) as e:
+            result = failure(Status.BUDGET_VIOLATION, f"finishing failed: {e}", fidelity=self.evaluator.fidelity)
+            return self._observation(), result.reward, True, False, self._end_info(self.graph, result)
+        self.kernel = kernel
+        try:
+            result = self.evaluator.evaluate(kernel)
+        except Exception as e:  # a broken evaluator must not kill a long run
+            result = failure(Status.CRASH, f"evaluator raised {type(e).__name__}: {e}", fidelity=self.evaluator.fidelity)
+        return self._observation(kernel), float(result.reward), True, False, self._end_info(kernel, result)
+
+    def _end_info(self, g: KernelGraph, result: EvalResult) -> dict:
+        return {
+            "action_mask": self.action_masks(),
+            "kernel": to_document(g),
+            "kernel_hash": result.kernel_hash or kernel_hash(g),
+            "status": result.status.label,
+            "metrics": dict(result.metrics),
+            "objectives": tuple(result.objectives),
+            "cause": result.cause,
+            "result": result,
+        }
+
+    def _observation(self, graph: KernelGraph | None = None) -> dict:
+        g = graph if graph is not None else self.graph
+        n = self.max_nodes
+        nodes = np.zeros((n, NODE_FEATURES), dtype=np.float32)
+        adjacency = np.zeros((n, n), dtype=np.float32)
+        node_mask = np.zeros(n, dtype=np.float32)
+        branches = np.zeros((self.max_width, n), dtype=np.float32)
+        shown = g.nodes[:n]
+        depth = [0] * len(g.nodes)
+        users = [0] * len(g.nodes)
+        for node in g.nodes[1:]:
+            depth[node.id] = 1 + max(depth[i] for i in node.inputs)
+            for i in node.inputs:
+                users[i] += 1
+        max_depth = max(depth) if depth else 1
+        open_ids = {b: 1.0 for b in g.branches}
+        scale = max(max_depth, 8)
+        cache = self._features
+        for node in shown:
+            key = (node, open_ids.get(node.id, 0.0), depth[node.id], users[node.id], scale)
+            feats = cache.get(key)
+            if feats is None:
+                feats = cache[key] = _node_features(node, open_ids, depth[node.id], users[node.id], scale)
+            nodes[node.id] = feats
+            for i in node.inputs:
+                adjacency[node.id, i] = 1.0
+        node_mask[: len(shown)] = 1.0
+        for k, b in enumerate(g.branches[: self.max_width]):
+            if b < n:
+                branches[k, b] = 1.0
+        return {"nodes": nodes, "adjacency": adjacency, "node_mask": node_mask, "branches": branches, "budget": self._budget_features(g)}
+
+    def _budget_features(self, g: KernelGraph) -> np.ndarray:
+        cfg = self.space.config
+        out = np.zeros(6, dtype=np.float32)
+        costs = getattr(g, "_witness_costs", None)
+        if costs is not None:
+            lims = self.space.solver.limits
+            out[0] = min(max(f / lim.flops for f, lim in zip(costs[0], lims)), 1.0)
+            out[1] = min(max(p / lim.params for p, lim in zip(costs[1], lims)), 1.0)
+        out[2] = min(g.steps / cfg.max_steps, 1.0)
+        out[3] = min(g.width / cfg.max_width, 1.0)
+        out[4] = float(any(g.branch_shape(i)[C_SLOT] == C for i in range(g.width)))
+        out[5] = min(g.n_free / 16.0, 1.0)
+        return out
+

@@ -1,0 +1,142 @@
+"""The evaluator interface every strategy shares, and the analytic fidelity.
+
+An :class:`Evaluator` turns a finished, solved kernel into an
+:class:`EvalResult`. It never raises on a bad kernel: a failure is a result
+with a non-OK :class:`~kasrl.store.records.Status`, a penalty reward and the
+cause in words. Budgets are counted the same way for every strategy because
+they all go through this interface (see :mod:`kasrl.eval.budgeted`).
+
+The :class:`AnalyticEvaluator` is the cheapest fidelity: no training and no
+timing, a reward from FLOPs and parameter ratios against a 3x3 convolution.
+It serves tests, quick runs and the "does the search learn?" benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from kasrl.ir.canonical import kernel_hash
+from kasrl.ir.graph import KernelGraph
+from kasrl.solver.budget import Placement
+from kasrl.store.records import Status
+
+__all__ = ["EvalResult", "Evaluator", "AnalyticEvaluator", "DEFAULT_PENALTIES", "failure"]
+
+#: Reward for a kernel that fails, by cause (tasks may override these).
+DEFAULT_PENALTIES = {
+    "build_error": -2.0,
+    "numerics_error": -1.5,
+    "budget_violation": -1.5,
+    "timeout": -1.0,
+    "oom": -1.0,
+    "crash": -2.0,
+}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What one evaluation of one kernel gave.
+
+    Attributes:
+        status: OK or the first failing stage's outcome.
+        reward: the scalar reward (a penalty on failure).
+        metrics: named figures (``speedup``, ``accuracy``, ``flops_ratio``...).
+        objectives: the two-objective form ``(speedup, accuracy)`` for NSGA-II
+            (``(0, 0)`` on failure).
+        stages: stage name -> ``{"outcome": ..., "seconds": ...}``.
+        cause: one line saying what failed (empty when OK).
+        kernel_hash: the evaluated kernel's identity.
+        cached: True when the result came from the results store.
+        fidelity: ``"analytic"`` or ``"measured"``.
+    """
+
+    status: Status
+    reward: float
+    metrics: dict = field(default_factory=dict)
+    objectives: tuple = (0.0, 0.0)
+    stages: dict = field(default_factory=dict)
+    cause: str = ""
+    kernel_hash: str = ""
+    cached: bool = False
+    fidelity: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, Status):
+            raise ValueError(f"`status` must be a Status, got {self.status!r}")
+        if not isinstance(self.reward, (int, float)) or not math.isfinite(self.reward):
+            raise ValueError(f"`reward` must be a finite number, got {self.reward!r}")
+
+
+def failure(status: Status, cause: str, penalties: dict | None = None, **kw) -> EvalResult:
+    """A failed result with the penalty for its cause."""
+    pen = DEFAULT_PENALTIES if penalties is None else {**DEFAULT_PENALTIES, **penalties}
+    return EvalResult(status=status, reward=float(pen[status.label]), cause=cause, **kw)
+
+
+class Evaluator(ABC):
+    """Turns finished kernels into results; never raises on a bad kernel.
+
+    Subclasses implement :meth:`evaluate`. ``fidelity`` names what the reward
+    is made of; ``task_fingerprint`` keys the results cache.
+    """
+
+    fidelity: str = ""
+    task_fingerprint: str = ""
+
+    @abstractmethod
+    def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        """Evaluate one finished, solved kernel."""
+
+    def evaluate_many(self, kernels: Sequence[KernelGraph]) -> list:
+        """Evaluate several kernels (in order; executors override this)."""
+        return [self.evaluate(k) for k in kernels]
+
+
+class AnalyticEvaluator(Evaluator):
+    """Reward from FLOPs and parameter ratios alone (no training, no timing).
+
+    ``reward = log(1 / flops_ratio) + capacity * log(params_ratio)``, with both
+    ratios taken against a 3x3 convolution and averaged (geometrically) over the
+    placements, and ``params_ratio`` floored at ``1e-3``. It prefers kernels that
+    do little arithmetic yet keep learnable weights: a cheap stand-in for "fast
+    and accurate", useful to check that a search learns.
+
+    Args:
+        placements: where the kernel is used (the ratios are averaged over them).
+        capacity: weight of the parameter term.
+    """
+
+    fidelity = "analytic"
+
+    def __init__(self, placements: Sequence[Placement], capacity: float = 0.5) -> None:
+        self.placements = tuple(placements)
+        self.capacity = capacity
+        self.task_fingerprint = "analytic:" + ",".join(str(p) for p in self.placements) + f":{capacity}"
+
+    def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        from kasrl.analysis import cost_report
+
+        start = time.perf_counter()
+        try:
+            h = kernel_hash(kernel)
+            reports = [cost_report(kernel, p) for p in self.placements]
+        except Exception as e:  # a kernel that cannot even be costed
+            return failure(Status.BUILD_ERROR, f"{type(e).__name__}: {e}", fidelity=self.fidelity)
+        fr = math.exp(sum(math.log(max(r["flops_ratio"], 1e-6)) for r in reports) / len(reports))
+        pr = math.exp(sum(math.log(max(r["params_ratio"], 1e-3)) for r in reports) / len(reports))
+        reward = -math.log(max(fr, 1e-6)) + self.capacity * math.log(pr)
+        metrics = {"flops_ratio": fr, "params_ratio": pr, "n_primitives": kernel.n_primitives}
+        seconds = time.perf_counter() - start
+        return EvalResult(
+            status=Status.OK,
+            reward=float(reward),
+            metrics=metrics,
+            objectives=(1.0 / max(fr, 1e-6), pr),
+            stages={"analytic": {"outcome": "ok", "seconds": seconds}},
+            kernel_hash=h,
+            fidelity=self.fidelity,
+        )

@@ -1,0 +1,1 @@
+"""Tests of kasrl.tracking: run names and the wandb tracker."""
