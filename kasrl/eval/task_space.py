@@ -18,6 +18,6 @@ def task_search_setup(task_or_path) -> tuple:
     task = load_task(task_or_path) if not hasattr(task_or_path, "fingerprint") else task_or_path
     model, _ = build_task_network(task)
     search = task_placements(task, model)
-    timed = latency_placements(task, search)
+    timed = latency_placements(task, search, model)
     placements = tuple(dict.fromkeys(tuple(search) + tuple(timed)))
-    return placements, task.budget.to_budget() if hasattr(task.budget, "to_budget") else task.budget
+    return placements, task.budget

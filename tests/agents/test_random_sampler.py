@@ -67,8 +67,8 @@ def test_thousands_of_rollouts_all_finish_build_and_run_at_every_placement():
             kernel, _ = sampler.sample_actions()  # would raise on a dead end
             assert kernel.is_finished and kernel.sizes is not None
             finished += 1
-            if k % 10:
-                continue  # every tenth kernel also runs at every placement
+            if k % 25:
+                continue  # every 25th kernel also runs at every placement
             for p in RESNET18_PLACEMENTS:
                 m = build_module(kernel, *p)
                 x = torch.randn(1, p.c, p.h, p.w, requires_grad=True)

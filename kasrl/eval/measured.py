@@ -1,0 +1,184 @@
+"""The measured evaluator: real latency and proxy-trained accuracy, cached in the store.
+
+>>> # doctest: +SKIP
+>>> ev = MeasuredEvaluator("fashion_mnist_cnn", store=SQLiteStore("runs/results.db"))
+>>> result = ev.evaluate(kernel)          # EvalResult; a repeated kernel costs nothing
+>>> result.metrics["speedup"], result.metrics["accuracy"], result.reward
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+from kasrl.eval.base import EvalResult, Evaluator, failure
+from kasrl.eval.stages import Evaluable, GraphKernel
+from kasrl.ir.graph import KernelGraph
+from kasrl.store.base import ResultStore
+from kasrl.store.records import EvalRecord, Status
+from kasrl.tasks import Task, load_task
+
+__all__ = ["MeasuredEvaluator", "reward_from", "objectives_from"]
+
+BASELINE = "baseline"
+
+
+def reward_from(metrics: dict, baseline_accuracy: float, spec) -> float:
+    """The default reward: speedup while accuracy stays near the baseline's.
+
+    ``speed = log(speedup)`` (end to end; ``linear``: ``speedup - 1``). Within
+    ``spec.tolerance`` accuracy points of the baseline the reward is ``speed``;
+    beyond it the speed reward is withdrawn (only a slowdown still counts) and
+    each further point costs ``spec.slope``.
+    """
+    speedup = max(float(metrics.get("speedup", 1.0)), 1e-6)
+    speed = math.log(speedup) if spec.speed == "log" else speedup - 1.0
+    gap = baseline_accuracy - float(metrics.get("accuracy", 0.0))
+    if gap <= spec.tolerance:
+        return speed
+    return min(speed, 0.0) - spec.slope * (gap - spec.tolerance)
+
+
+def objectives_from(metrics: dict) -> tuple:
+    """The two-objective form ``(speedup, accuracy)`` for NSGA-II."""
+    return (float(metrics.get("speedup", 0.0)), float(metrics.get("accuracy", 0.0)))
+
+
+class MeasuredEvaluator(Evaluator):
+    """Evaluates kernels on a task with the stages of :mod:`kasrl.eval.stages`.
+
+    Args:
+        task: a :class:`~kasrl.tasks.Task`, a task name or a YAML path.
+        store: results store (the cache and the record of every evaluation).
+        isolation: ``"process"`` (a child process per worker, crash-isolated,
+            with per-stage time limits) or ``"inline"`` (this process; for
+            debugging and tests).
+        run_id, strategy: written into every record.
+        memory_limit: address-space cap of the worker process in bytes.
+        skip: stages to leave out (e.g. ``("accuracy",)``).
+        device: override the task's device in the worker (pins a GPU).
+    """
+
+    fidelity = "measured"
+
+    def __init__(self, task: Task | str, store: ResultStore | None = None, isolation: str = "process", run_id: str = "",
+                 strategy: str = "", memory_limit: int | None = 8 << 30, skip: Sequence[str] = (), device: str | None = None) -> None:
+        if isolation not in ("process", "inline"):
+            raise ValueError(f"`isolation` must be 'process' or 'inline', got {isolation!r}")
+        self.task = load_task(task) if isinstance(task, str) else task
+        self.task_fingerprint = self.task.fingerprint + (f":skip={','.join(sorted(skip))}" if skip else "")
+        self.store = store
+        self.isolation = isolation
+        self.run_id = run_id
+        self.strategy = strategy
+        self.skip = tuple(skip)
+        self.penalties = {k: getattr(self.task.reward.penalties, k) for k in
+                          ("build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash")}
+        self._baseline: dict | None = None
+        self._runtime = None
+        self._worker = None
+        self.memory_limit = memory_limit
+        self.device = device
+
+    # -- machinery --------------------------------------------------------------------
+    def _limits(self) -> dict:
+        t = self.task.timeouts
+        return {"build": t.build_s, "budget": t.build_s, "latency": t.latency_s, "accuracy": t.train_s, "baseline": t.train_s}
+
+    @property
+    def runtime(self):
+        """The task loaded in this process (inline mode, and for placements)."""
+        if self._runtime is None:
+            from kasrl.eval.runtime import TaskRuntime
+
+            self._runtime = TaskRuntime(self.task)
+        return self._runtime
+
+    def _run(self, kind: str, payload) -> dict:
+        if self.isolation == "inline":
+            from kasrl.eval.stages import run_baseline, run_stages
+
+            if kind == "baseline":
+                return run_baseline(self.runtime)
+            kernel = payload["kernel"] if "kernel" in payload else GraphKernel(payload["doc"])
+            return run_stages(self.runtime, kernel, skip=self.skip)
+        if self._worker is None:
+            from kasrl.eval.worker import IsolatedWorker
+
+            self._worker = IsolatedWorker(self.task.to_dict(), self._limits(), self.memory_limit, device=self.device)
+        if kind == "eval":
+            payload = {k: v for k, v in payload.items() if k != "kernel"}
+            payload["skip"] = list(self.skip)
+        return self._worker.request(kind, payload)
+
+    def close(self) -> None:
+        """Stop the worker process."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def __enter__(self) -> "MeasuredEvaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- baseline -----------------------------------------------------------------------
+    def baseline(self) -> dict:
+        """Accuracy of the unmodified network on this task (trained once, then cached in the store)."""
+        if self._baseline is not None:
+            return self._baseline
+        if self.store is not None:
+            hit = self.store.lookup(self.task.fingerprint, BASELINE, fidelity=self.fidelity)
+            if hit is not None and hit.status.is_ok():
+                self._baseline = dict(hit.metrics)
+                return self._baseline
+        start = time.time()
+        out = self._run("baseline", None)
+        if "accuracy" not in out:
+            raise RuntimeError(f"training the baseline network failed: {out.get('cause', out)}")
+        self._baseline = out
+        if self.store is not None:
+            self.store.append(EvalRecord(self.task.fingerprint, BASELINE, "", Status.OK, 0.0, out,
+                                         {"accuracy": {"outcome": "ok", "seconds": time.time() - start}}, {}, self.run_id,
+                                         BASELINE, self.fidelity))
+        return self._baseline
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self, kernel: KernelGraph | Evaluable) -> EvalResult:
+        """Evaluate one kernel (from the cache when this task has seen it)."""
+        ev = kernel if isinstance(kernel, Evaluable) else GraphKernel(kernel)
+        if self.store is not None:
+            hit = self.store.lookup(self.task_fingerprint, ev.hash, fidelity=self.fidelity)
+            if hit is not None:
+                return self._from_record(hit)
+        baseline_acc = self.baseline()["accuracy"] if "accuracy" not in self.skip else 0.0
+        payload = {"kernel": ev, "doc": ev.doc} if not getattr(ev, "planted", None) else {"kernel": ev, "planted": ev.planted}
+        raw = self._run("eval", payload)
+        result = self._result(raw, ev.hash, baseline_acc)
+        if self.store is not None:
+            self.store.append(EvalRecord(self.task_fingerprint, ev.hash, ev.doc, result.status, result.reward,
+                                         dict(result.metrics), raw.get("stages", {}), raw.get("device", {}), self.run_id,
+                                         self.strategy, self.fidelity))
+        return result
+
+    def _result(self, raw: dict, kernel_hash: str, baseline_acc: float) -> EvalResult:
+        status = Status.from_name(raw["status"])
+        metrics = {k: v for k, v in raw.get("metrics", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "pruned" in raw.get("metrics", {}):
+            metrics["pruned"] = 1.0
+        if not status.is_ok():
+            return failure(status, raw.get("cause", ""), self.penalties, metrics=metrics, stages=raw.get("stages", {}),
+                           kernel_hash=kernel_hash, fidelity=self.fidelity)
+        if "accuracy" in metrics:
+            metrics["baseline_accuracy"] = baseline_acc
+            metrics["accuracy_gap"] = baseline_acc - metrics["accuracy"]
+        reward = reward_from(metrics, baseline_acc, self.task.reward) if "accuracy" not in self.skip else math.log(max(metrics.get("speedup", 1.0), 1e-6))
+        return EvalResult(Status.OK, float(reward), metrics, objectives_from(metrics), raw.get("stages", {}), "", kernel_hash,
+                          False, self.fidelity)
+
+    def _from_record(self, rec: EvalRecord) -> EvalResult:
+        metrics = {k: v for k, v in rec.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return EvalResult(rec.status, float(rec.reward), metrics, objectives_from(metrics) if rec.status.is_ok() else (0.0, 0.0),
+                          dict(rec.stages), "" if rec.status.is_ok() else "cached failure", rec.kernel_hash, True, self.fidelity)

@@ -1,0 +1,215 @@
+"""A task loaded once per process: data, networks, placements and training.
+
+Loading data and recording placements take seconds; an evaluation worker keeps
+one :class:`TaskRuntime` and evaluates many kernels with it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kasrl.errors import KasrlError
+from kasrl.placeholders import fill_placeholders, placeholders
+from kasrl.solver.budget import Placement
+from kasrl.tasks import build_task_network, latency_placements, load_dataset, resolve_device, task_placements
+from kasrl.tasks import Task, task_input_shape
+
+__all__ = ["TaskRuntime", "TrainOutcome", "NumericsError", "StageTimeout", "train_and_test"]
+
+
+class NumericsError(KasrlError):
+    """Raised when a loss, output or gradient stops being finite."""
+
+
+class StageTimeout(KasrlError):
+    """Raised when a stage runs past its time limit (checked between steps)."""
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """Result of the proxy training recipe.
+
+    Attributes:
+        accuracy: held-out accuracy in percent.
+        final_loss: running training loss at the end.
+        seconds: wall time of training and testing.
+        steps: optimiser steps taken.
+        pruned: why training stopped early ("" when it ran to the end).
+    """
+
+    accuracy: float
+    final_loss: float
+    seconds: float
+    steps: int
+    pruned: str = ""
+
+
+class TaskRuntime:
+    """Everything an evaluation needs from a task, loaded once.
+
+    Attributes:
+        task: the task config.
+        device: the resolved torch device.
+        data: the dataset splits (tensors).
+        placements: every placement a kernel must be legal at (search + latency).
+        search_placements: where the placeholders are in the network.
+        timed_placements: where kernel-level latency is measured.
+        placeholder_names: the network's placeholder layers.
+    """
+
+    def __init__(self, task: Task | str | dict) -> None:
+        from kasrl.tasks import load_task, task_from_dict
+
+        if isinstance(task, str):
+            task = load_task(task)
+        elif isinstance(task, dict):
+            task = task_from_dict(task)
+        self.task = task
+        self.device = resolve_device(self.task)
+        self.data = load_dataset(self.task.dataset)
+        model, self.placeholder_names = build_task_network(self.task)
+        self.search_placements = task_placements(self.task, model)
+        self.timed_placements = latency_placements(self.task, self.search_placements, model)
+        self.placements = tuple(dict.fromkeys(tuple(self.search_placements) + tuple(self.timed_placements)))
+        self.budget = self.task.budget
+        self.input_shape = task_input_shape(self.task)
+
+    def network(self, build: Callable[[Placement], nn.Module] | None = None, seed: int | None = None) -> nn.Module:
+        """A fresh task network (same initial weights for the same seed) with a
+        kernel from ``build`` in every placeholder (the baseline when None)."""
+        torch.manual_seed(self.task.seed if seed is None else seed)
+        model, _ = build_task_network(self.task)
+        if build is not None:
+            from kasrl.placeholders import record_placements
+
+            record_placements(model, torch.zeros(1, *self.input_shape))
+            fill_placeholders(model, build)
+        return model
+
+    def latency_input(self) -> torch.Tensor:
+        """The network input at the task's latency batch and resolution."""
+        c, h, w = self.input_shape
+        if self.task.latency.resolution is not None:
+            h, w = self.task.latency.resolution
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(self.task.latency.batch, c, h, w, generator=g).to(self.device)
+
+    def n_placeholders(self, model: nn.Module) -> int:
+        """Number of placeholder layers in ``model``."""
+        return len(placeholders(model))
+
+
+def _optimizer(params, recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def training_threads() -> int:
+    """Threads for training: every core when OpenMP waits passively, else one.
+
+    Two spin-waiting OpenMP threads next to a busy neighbour ran 15x slower on
+    these 2-core machines (40 s against 2.6 s for one epoch); the evaluation
+    worker starts with ``OMP_WAIT_POLICY=PASSIVE`` and may use both cores.
+    """
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return os.cpu_count() or 1
+    return 1
+
+
+def _schedule(opt: torch.optim.Optimizer, recipe, total: int):
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total)
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return None
+
+
+def _tensors(split) -> tuple:
+    if hasattr(split, "tensors"):
+        return split.tensors
+    return split
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        out = model(x[i : i + batch].to(device))
+        if not torch.isfinite(out).all():
+            raise NumericsError("the network's test outputs are not finite")
+        correct += (out.argmax(1).cpu() == y[i : i + batch]).sum().item()
+    return 100.0 * correct / max(len(x), 1)
+
+
+def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | None = None, threads: int | None = None) -> TrainOutcome:
+    """Train ``model`` with the task's recipe, then test it.
+
+    Stops early (``pruned``) when the running loss is above a milestone
+    ``(fraction of training, max loss)``.
+
+    Raises:
+        NumericsError: on a non-finite loss.
+        StageTimeout: past ``time_limit`` seconds (or the recipe's own limit).
+    """
+    task = runtime.task
+    recipe = task.recipe
+    device = runtime.device
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or training_threads())
+    limit = min(x for x in (time_limit, recipe.max_train_seconds, math.inf) if x is not None)
+    start = time.perf_counter()
+    try:
+        model.to(device).train()
+        opt = _optimizer(model.parameters(), recipe)
+        x_train, y_train = _tensors(runtime.data.train)
+        x_test, y_test = _tensors(runtime.data.test)
+        n = len(x_train)
+        per_epoch = math.ceil(n / recipe.batch_size)
+        total = max(1, int(round(recipe.epochs * per_epoch)))
+        milestones = sorted((int(f * total), loss) for f, loss in recipe.loss_milestones)
+        schedule = _schedule(opt, recipe, total)
+        gen = torch.Generator().manual_seed(task.seed)
+        order = torch.randperm(n, generator=gen)
+        running = None
+        pruned = ""
+        step = 0
+        for step in range(total):
+            pos = step % per_epoch
+            if pos == 0 and step:
+                order = torch.randperm(n, generator=gen)
+            idx = order[pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
+            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise NumericsError(f"the training loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if schedule is not None:
+                schedule.step()
+            v = loss.item()
+            running = v if running is None else 0.9 * running + 0.1 * v
+            while milestones and step + 1 >= milestones[0][0]:
+                at, max_loss = milestones.pop(0)
+                if running > max_loss:
+                    pruned = f"loss {running:.3f} above the milestone {max_loss} at step {at} of {total}"
+            if pruned:
+                break
+            if time.perf_counter() - start > limit:
+                raise StageTimeout(f"training passed its limit of {limit:.0f} s at step {step + 1} of {total}")
+        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256))
+        return TrainOutcome(acc, float(running or 0.0), time.perf_counter() - start, step + 1, pruned)
+    finally:
+        torch.set_num_threads(old_threads)

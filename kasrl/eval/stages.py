@@ -1,0 +1,211 @@
+"""The stages of a measured evaluation (DESIGN section 6), stopping at the first failure.
+
+1. ``build``    build the kernel at every placement; forward and backward on
+                random input; the shape is kept and every value is finite;
+2. ``budget``   FLOPs (FlopCounterMode: a multiply-add is 2) and parameters
+                within the task's budget at every placement;
+3. ``latency``  the kernel against the 3x3 convolution at each timed placement,
+                and the whole network against the baseline network, in the
+                same process, interleaved, under the machine-wide timing lock;
+4. ``accuracy`` train the network with the kernel in every placeholder on the
+                task's recipe and test it; stop early on NaN or a loss milestone.
+
+:func:`run_stages` returns a plain dict (it crosses process boundaries):
+``{"status": label, "cause": str, "metrics": {...}, "stages": {...}}``. The
+reward is computed by the caller, which knows the baseline's accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import tempfile
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from kasrl.eval.latency import conv3x3, device_fingerprint, time_pair
+from kasrl.eval.runtime import NumericsError, StageTimeout, TaskRuntime, train_and_test
+from kasrl.solver.budget import Placement, conv3x3_flops, conv3x3_params
+
+__all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "timing_lock", "classify", "STAGES"]
+
+STAGES = ("build", "budget", "latency", "accuracy")
+
+
+class Evaluable:
+    """What the stages need from a kernel: ``build(placement) -> nn.Module``, a hash and its document."""
+
+    hash: str = ""
+    doc: str = ""
+
+    def build(self, p: Placement) -> nn.Module:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class GraphKernel(Evaluable):
+    """A solved :class:`~kasrl.ir.graph.KernelGraph` (or its JSON text) as an evaluable."""
+
+    def __init__(self, graph_or_doc) -> None:
+        from kasrl.ir.canonical import kernel_hash
+        from kasrl.ir.serialize import dumps, loads
+
+        if isinstance(graph_or_doc, str):
+            self.graph = loads(graph_or_doc, "kernel")
+            self.doc = graph_or_doc
+        else:
+            self.graph = graph_or_doc
+            self.doc = dumps(graph_or_doc)
+        self.hash = kernel_hash(self.graph)
+
+    def build(self, p: Placement) -> nn.Module:
+        from kasrl.codegen.module import build_module
+
+        return build_module(self.graph, p.c, p.h, p.w)
+
+
+@contextlib.contextmanager
+def timing_lock(path: str | None = None):
+    """A machine-wide lock held while timing, so no other evaluation's training
+    runs on the cores being timed (``KASRL_TIMING_LOCK`` overrides the file)."""
+    path = path or os.environ.get("KASRL_TIMING_LOCK") or os.path.join(tempfile.gettempdir(), "kasrl-timing.lock")
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def classify(stage: str, exc: BaseException) -> tuple:
+    """``(status label, cause)`` for an exception raised in ``stage``."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    first = text.splitlines()[0][:300]
+    if isinstance(exc, StageTimeout):
+        return "timeout", f"{stage}: {first}"
+    if isinstance(exc, NumericsError):
+        return "numerics_error", f"{stage}: {first}"
+    low = text.lower()
+    if isinstance(exc, MemoryError) or "out of memory" in low or "can't allocate" in low or "cannot allocate" in low or "alloc" in low and "memory" in low:
+        return "oom", f"{stage}: {first}"
+    if stage == "build":
+        return "build_error", f"{stage}: {first}"
+    return "crash", f"{stage}: {first}"
+
+
+def _finite(t: torch.Tensor | None) -> bool:
+    return t is None or bool(torch.isfinite(t).all())
+
+
+def _stage_build(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
+    deadline = time.perf_counter() + rt.task.timeouts.build_s
+    for p in rt.placements:
+        m = kernel.build(p).to(rt.device)
+        x = torch.randn(2, p.c, p.h, p.w, device=rt.device, requires_grad=True)
+        y = m(x)
+        if tuple(y.shape) != tuple(x.shape):
+            raise NumericsError(f"output shape {list(y.shape)} is not the input shape {list(x.shape)} at {p}")
+        if not _finite(y):
+            raise NumericsError(f"the output is not finite at {p}")
+        y.float().square().mean().backward()
+        if not _finite(x.grad) or not all(_finite(q.grad) for q in m.parameters()):
+            raise NumericsError(f"a gradient is not finite at {p}")
+        if time.perf_counter() > deadline:
+            raise StageTimeout(f"building and running took longer than {rt.task.timeouts.build_s:.0f} s")
+    metrics["placements"] = [str(p) for p in rt.placements]
+
+
+def _stage_budget(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> str:
+    from kasrl.analysis import measured_cost
+
+    worst_f = worst_p = 0.0
+    for p in rt.placements:
+        lim = rt.budget.limits(p)
+        flops, params = measured_cost(kernel.build(p), p)
+        worst_f = max(worst_f, flops / conv3x3_flops(p))
+        worst_p = max(worst_p, params / conv3x3_params(p))
+        if flops > lim.flops or params > lim.params:
+            metrics.update(flops_ratio=worst_f, params_ratio=worst_p)
+            return f"budget: {flops} FLOPs / {params} params at {p} exceed {lim.flops} / {lim.params}"
+    metrics.update(flops_ratio=worst_f, params_ratio=worst_p)
+    return ""
+
+
+def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
+    spec = rt.task.latency
+    deadline = time.perf_counter() + rt.task.timeouts.latency_s
+    logs = []
+    with timing_lock():
+        for p in rt.timed_placements:
+            x = torch.randn(spec.batch, p.c, p.h, p.w, device=rt.device)
+            t = time_pair(kernel.build(p).to(rt.device), conv3x3(p.c).to(rt.device), x, spec.repeats, spec.warmup,
+                          max(spec.min_time_s, 0.005), spec.threads)
+            metrics[f"kernel_speedup/{p}"] = t.speedup
+            metrics[f"kernel_spread/{p}"] = t.speedup_spread
+            logs.append(math.log(t.speedup))
+            if time.perf_counter() > deadline:
+                raise StageTimeout(f"timing took longer than {rt.task.timeouts.latency_s:.0f} s")
+        net = rt.network(kernel.build).to(rt.device)
+        base = rt.network(None).to(rt.device)
+        t = time_pair(net, base, rt.latency_input(), spec.repeats, spec.warmup, max(spec.min_time_s, 0.01), spec.threads)
+    metrics["kernel_speedup"] = math.exp(sum(logs) / len(logs)) if logs else 1.0
+    metrics["speedup"] = t.speedup
+    metrics["speedup_spread"] = t.speedup_spread
+    metrics["latency_ms"] = t.kernel_ms
+    metrics["baseline_latency_ms"] = t.baseline_ms
+
+
+def _stage_accuracy(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
+    net = rt.network(kernel.build)
+    out = train_and_test(rt, net, rt.task.timeouts.train_s)
+    metrics.update(accuracy=out.accuracy, train_loss=out.final_loss, train_seconds=out.seconds, train_steps=out.steps)
+    if out.pruned:
+        metrics["pruned"] = out.pruned
+
+
+def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None = None, skip: tuple = ()) -> dict:
+    """Run the stages in order, stopping at the first failure.
+
+    Args:
+        rt: the loaded task.
+        kernel: what to evaluate.
+        report: called with a stage's name when it starts (the worker uses it
+            so its parent can enforce per-stage time limits).
+        skip: stages not to run (e.g. ``("accuracy",)`` for a latency-only pass).
+    """
+    metrics: dict = {}
+    stages: dict = {}
+    for name in STAGES:
+        if name in skip:
+            continue
+        if report is not None:
+            report(name)
+        start = time.perf_counter()
+        try:
+            if name == "build":
+                _stage_build(rt, kernel, metrics)
+            elif name == "budget":
+                problem = _stage_budget(rt, kernel, metrics)
+                if problem:
+                    stages[name] = {"outcome": "budget_violation", "seconds": time.perf_counter() - start}
+                    return {"status": "budget_violation", "cause": problem, "metrics": metrics, "stages": stages}
+            elif name == "latency":
+                _stage_latency(rt, kernel, metrics)
+            else:
+                _stage_accuracy(rt, kernel, metrics)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a typed outcome
+            status, cause = classify(name, e)
+            stages[name] = {"outcome": status, "seconds": time.perf_counter() - start}
+            return {"status": status, "cause": cause, "metrics": metrics, "stages": stages}
+        stages[name] = {"outcome": "ok", "seconds": time.perf_counter() - start}
+    return {"status": "ok", "cause": "", "metrics": metrics, "stages": stages, "device": device_fingerprint(str(rt.device))}
+
+
+def run_baseline(rt: TaskRuntime) -> dict:
+    """Accuracy of the unmodified network on the task's recipe (computed once per task)."""
+    out = train_and_test(rt, rt.network(None), rt.task.timeouts.train_s)
+    return {"accuracy": out.accuracy, "train_seconds": out.seconds, "train_loss": out.final_loss}

@@ -1,0 +1,199 @@
+"""Crash isolation: evaluations run in a child process that keeps its task loaded.
+
+A segfault, a hang or a runaway allocation in one kernel kills at most the
+child; the parent records ``crash`` / ``timeout`` / ``oom`` and starts a fresh
+child for the next kernel. Kernels travel as their JSON documents, never as
+pickled modules. The child starts with the allocator pinned (see
+:mod:`kasrl.eval.latency`) and, optionally, a cap on its address space.
+
+Protocol (over a ``multiprocessing`` pipe, spawn start method)::
+
+    parent -> child   ("eval", payload)      payload: {"doc": json} or {"planted": "module:Class"}
+                      ("baseline", None)
+                      ("stop", None)
+    child -> parent   ("ready", None) once the task is loaded
+                      ("stage", name)        when a stage starts (its time limit starts then)
+                      ("result", dict)       see kasrl.eval.stages.run_stages
+                      ("fatal", message)     the task itself cannot be loaded
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import resource
+import signal
+import time
+
+from kasrl.errors import KasrlError
+from kasrl.eval.latency import MALLOC_ENV
+
+__all__ = ["IsolatedWorker", "WorkerError"]
+
+_SLACK_S = 5.0  # grace beyond a stage's own limit before the child is killed
+
+
+class WorkerError(KasrlError):
+    """Raised when the worker cannot load the task at all."""
+
+
+def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, device: str | None) -> None:
+    if memory_limit:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from kasrl.eval.runtime import TaskRuntime
+    from kasrl.eval.stages import GraphKernel, run_baseline, run_stages
+
+    try:
+        rt = TaskRuntime(task_ref)
+        if device is not None:
+            rt.device = torch.device(device)
+    except Exception as e:  # noqa: BLE001 - reported to the parent in one line
+        conn.send(("fatal", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            return
+        if kind == "stop":
+            return
+        if kind == "baseline":
+            conn.send(("stage", "baseline"))
+            conn.send(("result", run_baseline(rt)))
+            continue
+        try:
+            if "planted" in payload:  # test fixtures: "package.module:Class"
+                module, _, name = payload["planted"].partition(":")
+                kernel = getattr(importlib.import_module(module), name)()
+            else:
+                kernel = GraphKernel(payload["doc"])
+        except Exception as e:  # noqa: BLE001
+            conn.send(("result", {"status": "build_error", "cause": f"load: {type(e).__name__}: {e}", "metrics": {}, "stages": {}}))
+            continue
+        result = run_stages(rt, kernel, report=lambda s: conn.send(("stage", s)), skip=tuple(payload.get("skip", ())))
+        conn.send(("result", result))
+
+
+class IsolatedWorker:
+    """One child process evaluating kernels for one task; replaced after a crash or timeout.
+
+    Args:
+        task_ref: task name, YAML path or plain dict (``Task.to_dict()``).
+        limits: stage name -> seconds (``build``, ``budget``, ``latency``,
+            ``accuracy``, ``baseline``); the child is killed when a stage runs past
+            its limit plus a few seconds of grace.
+        memory_limit: cap on the child's address space in bytes (None: no cap).
+        threads: torch threads in the child.
+        device: override the task's device (e.g. ``"cuda:1"`` to pin a GPU).
+        start_timeout: seconds allowed for loading the task.
+    """
+
+    def __init__(self, task_ref, limits: dict, memory_limit: int | None = None, threads: int | None = None,
+                 device: str | None = None, start_timeout: float = 300.0) -> None:
+        self.task_ref = task_ref
+        self.limits = dict(limits)
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self.device = device
+        self.start_timeout = start_timeout
+        self.proc = None
+        self.conn = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in MALLOC_ENV}
+        os.environ.update(MALLOC_ENV)  # the child interpreter starts with these set
+        try:
+            self.proc = ctx.Process(target=_child_main, args=(child, self.task_ref, self.memory_limit, self.threads, self.device), daemon=True)
+            self.proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self.conn = parent
+        if not parent.poll(self.start_timeout):
+            self.kill()
+            raise WorkerError(f"the evaluation worker did not load the task within {self.start_timeout:.0f} s")
+        try:
+            kind, msg = parent.recv()
+        except (EOFError, OSError):
+            code = self.proc.exitcode if self.proc is not None else None
+            self.kill()
+            raise WorkerError(f"the evaluation worker exited with code {code} while loading the task") from None
+        if kind == "fatal":
+            self.kill()
+            raise WorkerError(f"the evaluation worker cannot load the task: {msg}")
+
+    def kill(self) -> None:
+        """Stop the child now (it is restarted on the next request)."""
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.join(5)
+        self.proc = None
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+    def close(self) -> None:
+        """Ask the child to stop, then make sure it is gone."""
+        if self.conn is not None and self.proc is not None and self.proc.is_alive():
+            try:
+                self.conn.send(("stop", None))
+                self.proc.join(5)
+            except (OSError, BrokenPipeError):
+                pass
+        self.kill()
+
+    def _dead(self, stage: str) -> dict:
+        code = self.proc.exitcode if self.proc is not None else None
+        self.kill()
+        self.restarts += 1
+        if code is not None and code < 0:
+            sig = signal.Signals(-code).name
+            if -code == signal.SIGKILL:  # we only kill on timeouts, handled elsewhere: the OOM killer did this
+                return {"status": "oom", "cause": f"{stage}: the worker was killed by {sig} (out of memory)", "metrics": {}, "stages": {}}
+            return {"status": "crash", "cause": f"{stage}: the worker died with {sig}", "metrics": {}, "stages": {}}
+        return {"status": "crash", "cause": f"{stage}: the worker exited with code {code}", "metrics": {}, "stages": {}}
+
+    def request(self, kind: str, payload) -> dict:
+        """Send one job and wait for its result, enforcing per-stage limits."""
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        try:
+            self.conn.send((kind, payload))
+        except (OSError, BrokenPipeError):
+            return self._dead("send")
+        stage = "start"
+        deadline = time.monotonic() + _SLACK_S + 60
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                ready = self.conn.poll(max(left, 0))
+            except (OSError, EOFError):
+                return self._dead(stage)
+            if not ready:
+                limit = self.limits.get(stage, 0)
+                self.kill()
+                self.restarts += 1
+                return {"status": "timeout", "cause": f"{stage}: ran past its limit of {limit:.0f} s; the worker was killed", "metrics": {}, "stages": {stage: {"outcome": "timeout", "seconds": float(limit)}}}
+            try:
+                msg_kind, msg = self.conn.recv()
+            except (EOFError, OSError):
+                return self._dead(stage)
+            if msg_kind == "stage":
+                stage = msg
+                deadline = time.monotonic() + self.limits.get(stage, 600.0) + _SLACK_S
+            elif msg_kind == "result":
+                return msg

@@ -1,0 +1,58 @@
+"""The task layer: typed task configs, the networks kernels go into, and their data.
+
+>>> task = load_task("digits_cnn")
+>>> task.network.name, task.dataset.name
+('small_cnn', 'digits')
+"""
+
+from kasrl.tasks.data import DATASETS, DatasetSpec, DatasetSplits, load_dataset, read_idx, subset_indices
+from kasrl.tasks.networks import NETWORKS, BasicBlock, ResNet, SmallCNN, build_network, network_options
+from kasrl.tasks.task import (
+    LatencySpec,
+    NetworkSpec,
+    Penalties,
+    PlaceholderSpec,
+    Recipe,
+    RewardSpec,
+    Task,
+    TimeoutSpec,
+    build_task_network,
+    latency_placements,
+    list_tasks,
+    load_task,
+    resolve_device,
+    task_from_dict,
+    task_input_shape,
+    task_placements,
+)
+
+__all__ = [
+    "Task",
+    "NetworkSpec",
+    "PlaceholderSpec",
+    "DatasetSpec",
+    "Recipe",
+    "LatencySpec",
+    "Penalties",
+    "RewardSpec",
+    "TimeoutSpec",
+    "load_task",
+    "task_from_dict",
+    "list_tasks",
+    "build_task_network",
+    "task_input_shape",
+    "task_placements",
+    "latency_placements",
+    "resolve_device",
+    "DATASETS",
+    "DatasetSplits",
+    "load_dataset",
+    "read_idx",
+    "subset_indices",
+    "NETWORKS",
+    "SmallCNN",
+    "BasicBlock",
+    "ResNet",
+    "build_network",
+    "network_options",
+]

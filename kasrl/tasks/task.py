@@ -1,0 +1,651 @@
+"""Tasks: the network, data, training recipe, latency setup, budget and reward of a search.
+
+A task is a YAML file under ``configs/tasks/`` loaded into nested frozen
+dataclasses; every section and key is checked when it is loaded, and errors
+name the dotted key (``task.recipe.lr``).
+
+=============================  ===================================================
+``load_task(path_or_name)``    YAML file or bare name -> :class:`Task`
+``task_from_dict(d)``          plain dict -> :class:`Task` (the inverse of ``to_dict``)
+``Task.fingerprint``           sha256 of everything that changes a result
+``build_task_network(task)``   the network with placeholders in the selected convs
+``task_placements(task, m)``   the distinct ``(C, H, W)`` the placeholders see
+``latency_placements(...)``    where kernels are timed (separate ones, if configured)
+=============================  ===================================================
+
+>>> task = load_task("digits_cnn")
+>>> model, names = build_task_network(task)
+>>> names
+['stage1.0.conv', 'stage2.0.conv']
+>>> task_placements(task, model)
+(Placement(c=16, h=14, w=14), Placement(c=32, h=7, w=7))
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn as nn
+import yaml
+
+from kasrl.errors import ConfigError, KasrlError
+from kasrl.placeholders import record_placements, replace_convs_with_placeholders
+from kasrl.solver.budget import Budget, Placement, parse_placements
+from kasrl.tasks.data import DatasetSpec, check_dataset_files, dataset_info
+from kasrl.tasks.networks import network_options
+
+__all__ = [
+    "Task",
+    "NetworkSpec",
+    "PlaceholderSpec",
+    "DatasetSpec",
+    "Recipe",
+    "LatencySpec",
+    "Budget",
+    "Penalties",
+    "RewardSpec",
+    "TimeoutSpec",
+    "TASKS_DIR",
+    "FINGERPRINT_VERSION",
+    "load_task",
+    "task_from_dict",
+    "list_tasks",
+    "build_task_network",
+    "task_input_shape",
+    "task_placements",
+    "latency_placements",
+    "resolve_device",
+]
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "tasks"
+"""Where bare task names are looked up: ``configs/tasks/<name>.yaml`` in the repository."""
+
+FINGERPRINT_VERSION = 1
+"""Bumped whenever the meaning of a task field changes, so old fingerprints stop matching."""
+
+
+# ------------------------------------------------------------------ type checking
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list [{', '.join(_type_name(a) for a in args)}]"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` and return it in canonical form (floats, tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else _build(tp, value, key)
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}{hint}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"`{key}` must be {_type_name(tp)} of {len(args)} items, got {_describe(value)}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"`{key}` must be a mapping, got {_describe(value)}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}")
+
+
+def _unknown_key(key: str, prefix: str, known: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+    hint = f"; did you mean `{close[0]}`?" if close else f"; known: {', '.join(known)}"
+    return ConfigError(f"unknown key `{prefix}.{key}`{hint}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``data``, rejecting unknown keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"`{prefix}` must be a mapping, got {_describe(data)}")
+    if cls is NetworkSpec:
+        return _build_network(data, prefix)
+    known = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
+    for key in data:
+        if key not in known:
+            raise _unknown_key(key, prefix, known)
+    if cls is Budget:  # Budget checks its own values, naming `budget.<field>`; ints become floats for the fingerprint
+        floats = {k for k, tp in typing.get_type_hints(Budget).items() if tp is float}
+        return Budget(**{k: float(v) if k in floats and type(v) is int else v for k, v in data.items()})
+    if not issubclass(cls, _Checked):  # e.g. DatasetSpec, which only checks values itself
+        hints = typing.get_type_hints(cls)
+        data = {k: _convert(v, hints[k], f"{prefix}.{k}") for k, v in data.items()}
+    return cls(**dict(data))
+
+
+class _Checked:
+    """Mixin: converts and type-checks every field in ``__post_init__``, then runs ``_validate``."""
+
+    _prefix: ClassVar[str] = "task"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            key = f"{self._prefix}.{f.name}"
+            object.__setattr__(self, f.name, _convert(self._normalise(f.name, getattr(self, f.name)), hints[f.name], key))
+        self._validate()
+
+    def _normalise(self, name: str, value: Any) -> Any:
+        return value
+
+    def _validate(self) -> None:
+        pass
+
+    def _require(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"`{self._prefix}.{name}` must be {what}, got {getattr(self, name)!r}")
+
+
+# ------------------------------------------------------------------ the sections
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Which network to build (any extra YAML key is a constructor option, e.g. ``width``)."""
+
+    name: str = "small_cnn"
+    """Network name, a key of :data:`kasrl.tasks.networks.NETWORKS`."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Constructor options (``width``: channels of the first stage, ...); unset ones keep their defaults."""
+
+    def __post_init__(self) -> None:
+        name = _convert(self.name, str, "task.network.name")
+        known = network_options(name)
+        options = {}
+        for key, value in dict(self.options).items():
+            if key not in known:
+                raise _unknown_key(key, "task.network", ["name", *known])
+            default = known[key]
+            tp = type(default) if isinstance(default, (bool, int, float, str)) else Any
+            options[key] = _convert(value, tp, f"task.network.{key}")
+        object.__setattr__(self, "options", options)
+
+
+def _build_network(data: Mapping, prefix: str) -> NetworkSpec:
+    data = dict(data)
+    return NetworkSpec(name=data.pop("name", NetworkSpec.name), options=data)
+
+
+@dataclass(frozen=True)
+class PlaceholderSpec(_Checked):
+    """Which 3x3 convolutions become placeholders for the searched kernel."""
+
+    _prefix: ClassVar[str] = "task.placeholders"
+    select: Literal["all"] | tuple[str, ...] = "all"
+    """``all`` shape-preserving 3x3 convs, or a list of dotted layer names (``layer1.0.conv2``)."""
+
+    def _validate(self) -> None:
+        self._require("select", self.select == "all" or len(self.select) > 0, "'all' or a non-empty list of layer names")
+
+
+@dataclass(frozen=True)
+class Recipe(_Checked):
+    """How candidate networks are trained (the short proxy recipe)."""
+
+    _prefix: ClassVar[str] = "task.recipe"
+    epochs: float = 1.0
+    """Passes over the training subset; fractions allowed (0.5 = half the batches)."""
+    batch_size: int = 64
+    """Images per training step."""
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    """Optimizer name."""
+    lr: float = 1e-3
+    """Learning rate (the peak rate for ``onecycle``)."""
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    """Learning-rate schedule over the run's steps (``onecycle``: warm up to ``lr``, then anneal)."""
+    momentum: float = 0.9
+    """SGD momentum (unused by adam/adamw)."""
+    weight_decay: float = 0.0
+    """L2 weight decay (decoupled for adamw)."""
+    max_train_seconds: float | None = None
+    """Wall-clock seconds after which one training run stops early; None = no limit."""
+    loss_milestones: tuple[tuple[float, float], ...] = ()
+    """``[fraction_of_training, max_loss]`` pairs: prune a run whose loss is above ``max_loss`` then."""
+
+    def _validate(self) -> None:
+        self._require("epochs", self.epochs > 0, "a positive number of epochs")
+        self._require("batch_size", self.batch_size >= 1, "a positive integer")
+        self._require("lr", self.lr > 0, "a positive number")
+        self._require("momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        self._require("weight_decay", self.weight_decay >= 0, "a non-negative number")
+        self._require(
+            "max_train_seconds", self.max_train_seconds is None or self.max_train_seconds > 0, "a positive number of seconds or null"
+        )
+        last = 0.0
+        for i, (fraction, max_loss) in enumerate(self.loss_milestones):
+            if not last < fraction <= 1:
+                raise ConfigError(f"`task.recipe.loss_milestones[{i}]`: fraction {fraction} must be in ({last:g}, 1] (ascending)")
+            if not max_loss > 0:
+                raise ConfigError(f"`task.recipe.loss_milestones[{i}]`: max_loss must be positive, got {max_loss}")
+            last = fraction
+
+
+@dataclass(frozen=True)
+class LatencySpec(_Checked):
+    """How latency is measured."""
+
+    _prefix: ClassVar[str] = "task.latency"
+    batch: int = 8
+    """Images per timed forward pass."""
+    resolution: tuple[int, int] | None = None
+    """Input height and width in pixels for timing; None = the training resolution."""
+    repeats: int = 20
+    """Timed repeats; the median is reported."""
+    warmup: int = 3
+    """Untimed runs before timing."""
+    min_time_s: float = 0.0
+    """Seconds each timed repeat lasts at least (calls are looped until reached)."""
+    threads: int = 1
+    """Torch CPU threads while timing (1 avoids OpenMP spin-waiting on shared cores)."""
+    placements: tuple[str, ...] | None = None
+    """``CxHxW`` placements to time kernels at instead of the search placements (e.g. ResNet-18's ImageNet stages)."""
+
+    def _normalise(self, name: str, value: Any) -> Any:
+        if name == "placements" and isinstance(value, str):
+            return [t for t in value.split(",") if t.strip()]
+        return value
+
+    def _validate(self) -> None:
+        self._require("batch", self.batch >= 1, "a positive integer")
+        self._require("resolution", self.resolution is None or min(self.resolution) >= 1, "[height, width] of positive integers")
+        self._require("repeats", self.repeats >= 1, "a positive integer")
+        self._require("warmup", self.warmup >= 0, "a non-negative integer")
+        self._require("min_time_s", self.min_time_s >= 0, "a non-negative number of seconds")
+        self._require("threads", self.threads >= 1, "a positive integer")
+        if self.placements is not None:
+            parsed = parse_placements(",".join(self.placements), field="task.latency.placements")
+            object.__setattr__(self, "placements", tuple(str(p) for p in parsed))
+
+
+@dataclass(frozen=True)
+class Penalties(_Checked):
+    """Reward given to a kernel whose evaluation fails, by cause (all <= 0)."""
+
+    _prefix: ClassVar[str] = "task.reward.penalties"
+    build_error: float = -2.0
+    """The kernel does not build or does not preserve the shape."""
+    numerics_error: float = -1.5
+    """NaN or infinite values, or a loss milestone missed."""
+    budget_violation: float = -1.0
+    """FLOPs, parameters or tensor size over the budget."""
+    timeout: float = -1.0
+    """A stage ran past its time limit."""
+    oom: float = -1.0
+    """Out of memory."""
+    crash: float = -2.0
+    """The evaluation process died."""
+
+    def _validate(self) -> None:
+        for f in dataclasses.fields(self):
+            self._require(f.name, getattr(self, f.name) <= 0, "a number <= 0")
+
+    def __getitem__(self, cause: str) -> float:
+        """The penalty for ``cause`` (a field name)."""
+        if cause not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(f"unknown failure cause {cause!r}; known: {', '.join(f.name for f in dataclasses.fields(self))}")
+        return getattr(self, cause)
+
+
+@dataclass(frozen=True)
+class RewardSpec(_Checked):
+    """How speed and accuracy turn into one reward."""
+
+    _prefix: ClassVar[str] = "task.reward"
+    tolerance: float = 1.0
+    """Accuracy points below the baseline that cost nothing."""
+    slope: float = 0.1
+    """Reward lost per accuracy point beyond ``tolerance``."""
+    speed: Literal["log", "linear"] = "log"
+    """Speed term: ``log`` = ln(speedup), ``linear`` = speedup - 1."""
+    penalties: Penalties = field(default_factory=Penalties)
+    """Reward for each failure cause."""
+
+    def _validate(self) -> None:
+        self._require("tolerance", self.tolerance >= 0, "a non-negative number of accuracy points")
+        self._require("slope", self.slope >= 0, "a non-negative number")
+
+
+@dataclass(frozen=True)
+class TimeoutSpec(_Checked):
+    """Hard wall-clock limits per evaluation stage; past one, the evaluation is a ``timeout``."""
+
+    _prefix: ClassVar[str] = "task.timeouts"
+    build_s: float = 60.0
+    """Seconds to build and check the kernel at every placement."""
+    latency_s: float = 120.0
+    """Seconds to measure latency."""
+    train_s: float = 600.0
+    """Seconds to train and test the network."""
+
+    def _validate(self) -> None:
+        for f in dataclasses.fields(self):
+            self._require(f.name, getattr(self, f.name) > 0, "a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class Task(_Checked):
+    """One search problem: where kernels go, how they are trained, timed, budgeted and rewarded.
+
+    ``fingerprint`` identifies everything that changes an evaluation's result
+    (all fields but ``name`` and ``description``); ``to_dict()`` gives back
+    the plain data ``task_from_dict`` reads.
+    """
+
+    _prefix: ClassVar[str] = "task"
+    name: str
+    """Task name (usually the YAML file's stem)."""
+    description: str = ""
+    """Free text for people; not part of the fingerprint."""
+    seed: int = 0
+    """Seed for weight initialisation and training."""
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    """The network whose convolutions are replaced."""
+    placeholders: PlaceholderSpec = field(default_factory=PlaceholderSpec)
+    """Which convolutions are replaced."""
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    """Training and test data."""
+    recipe: Recipe = field(default_factory=Recipe)
+    """Proxy training recipe."""
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    """Latency measurement."""
+    budget: Budget = field(default_factory=Budget)
+    """FLOPs, parameter and tensor-size budget per placement."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where to train and time: ``auto`` = CUDA when available."""
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    """Reward shape and failure penalties."""
+    timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
+    """Hard limits per evaluation stage."""
+
+    def _validate(self) -> None:
+        limit = self.recipe.max_train_seconds
+        if limit is not None and limit > self.timeouts.train_s:
+            raise ConfigError(f"`task.recipe.max_train_seconds` ({limit:g}) exceeds `task.timeouts.train_s` ({self.timeouts.train_s:g})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-ready data (lists, not tuples) that :func:`task_from_dict` reads back."""
+        return _plain(self)
+
+    @property
+    def fingerprint(self) -> str:
+        """Sha256 hex digest of everything that changes an evaluation's result.
+
+        Leaves out ``name``, ``description`` and ``dataset.path`` (where the
+        files are, not what they are). It cannot see a Fashion-MNIST fallback
+        to digits: pair it with :attr:`DatasetSplits.source` where that matters.
+        """
+        data = self.to_dict()
+        for key in ("name", "description"):
+            data.pop(key)
+        data["dataset"].pop("path")
+        data["fingerprint_version"] = FINGERPRINT_VERSION
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, NetworkSpec):
+        return {"name": obj.name, **_plain(dict(obj.options))}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj
+
+
+# ------------------------------------------------------------------ loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML loader that rejects duplicate keys and reads ``1e-3`` as a float (YAML 1.2)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key `{key}` at line {key_node.start_mark.line + 1}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def list_tasks() -> list[str]:
+    """Names of the tasks in :data:`TASKS_DIR`."""
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    text = str(path_or_name)
+    if text.endswith((".yaml", ".yml")) or "/" in text or Path(text).is_file():
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"task file {text} does not exist")
+        return path
+    path = TASKS_DIR / f"{text}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(text, list_tasks(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown task {text!r}{hint}; known: {', '.join(list_tasks()) or 'none'} (in {TASKS_DIR})")
+    return path
+
+
+def _apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        parts = dotted.removeprefix("task.").split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override `{dotted}`: `task.{'.'.join(parts[: i + 1])}` is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def task_from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, check_paths: bool = True) -> Task:
+    """Build and validate a task from plain data.
+
+    Args:
+        data: the task's sections, as in a task YAML file.
+        overrides: dotted keys to set first, e.g. ``{"dataset.path": "/data/cifar"}``.
+        check_paths: check that the dataset's files are there.
+
+    Raises:
+        ConfigError: naming the dotted key of an unknown key or a bad value.
+        DatasetError: naming the dataset folder when its files are missing.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a task must be a mapping of sections, got {_describe(data)}")
+    data = _apply_overrides(dict(data), overrides or {})
+    if "name" not in data:
+        raise ConfigError("missing key `task.name`")
+    task = _build(Task, data, "task")
+    if check_paths:
+        check_dataset_files(task.dataset)
+    return task
+
+
+def load_task(path_or_name: str | Path, overrides: Mapping[str, Any] | None = None, check_paths: bool = True) -> Task:
+    """Load a task from a YAML file, or by bare name from ``configs/tasks/<name>.yaml``.
+
+    ``name`` defaults to the file's stem. See :func:`task_from_dict` for the
+    arguments and errors.
+    """
+    path = _resolve(path_or_name)
+    try:
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"task file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    except ConfigError as e:
+        raise ConfigError(f"task file {path}: {e}") from e
+    if data is None:
+        raise ConfigError(f"task file {path} is empty")
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    return task_from_dict(data, overrides, check_paths)
+
+
+# ------------------------------------------------------------------ networks and placements
+
+
+def task_input_shape(task: Task) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one training image (after any resize)."""
+    info = dataset_info(task.dataset)
+    return (info.in_channels, *info.image_size)
+
+
+def build_task_network(task: Task) -> tuple[nn.Module, list[str]]:
+    """Build the task's network, seeded by ``task.seed``, with placeholders in the selected convs.
+
+    The global RNG is left untouched. Until filled, each placeholder computes
+    the conv it replaced, so the model is the baseline network.
+
+    Returns:
+        The model and the dotted names of its placeholders, in module order.
+
+    Raises:
+        ConfigError: when ``placeholders.select`` names a layer that is not a
+            shape-preserving 3x3 conv, or the network has none.
+    """
+    from kasrl.tasks.networks import build_network
+
+    info = dataset_info(task.dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(task.seed)
+        model = build_network(task.network.name, info.num_classes, info.in_channels, **task.network.options)
+    select = task.placeholders.select
+    wanted = None if select == "all" else set(select)
+    replaceable: list[str] = []
+
+    def choose(name: str, conv: nn.Module) -> bool:
+        replaceable.append(name)
+        return wanted is None or name in wanted
+
+    names = replace_convs_with_placeholders(model, choose)
+    for name in [] if wanted is None else select:
+        if name not in names:
+            close = difflib.get_close_matches(name, replaceable, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"`task.placeholders.select`: {name!r} is not a shape-preserving 3x3 conv of {task.network.name!r}{hint}; "
+                f"replaceable: {', '.join(replaceable) or 'none'}"
+            )
+    if not names:
+        raise ConfigError(f"`task.network.name`: {task.network.name!r} has no shape-preserving 3x3 conv to replace")
+    return model, names
+
+
+def task_placements(task: Task, model: nn.Module) -> tuple[Placement, ...]:
+    """Record every placeholder's ``(C, H, W)`` with one forward pass at the training resolution.
+
+    Returns:
+        The distinct placements, sorted.
+    """
+    param = next(model.parameters(), None)
+    example = torch.zeros(1, *task_input_shape(task), device=param.device if param is not None else "cpu")
+    return tuple(sorted(set(record_placements(model, example).values())))
+
+
+def latency_placements(task: Task, search_placements: Sequence[Placement], model: nn.Module | None = None) -> tuple[Placement, ...]:
+    """Where kernels are timed.
+
+    ``latency.placements`` when given; else, when ``latency.resolution`` is
+    set, the placements recorded at that resolution on a copy of ``model``;
+    else ``search_placements``.
+
+    Raises:
+        ConfigError: when ``latency.resolution`` is set but no model is given.
+    """
+    spec = task.latency
+    if spec.placements is not None:
+        return parse_placements(",".join(spec.placements), field="task.latency.placements")
+    if spec.resolution is None:
+        return tuple(search_placements)
+    if model is None:
+        raise ConfigError("`task.latency.resolution` is set: pass the model to latency_placements to record placements there")
+    c = task_input_shape(task)[0]
+    probe = copy.deepcopy(model).cpu()  # recording overwrites the placeholders' placements
+    try:
+        found = record_placements(probe, torch.zeros(1, c, *spec.resolution))
+    except (RuntimeError, KasrlError) as e:
+        raise ConfigError(f"`task.latency.resolution` {list(spec.resolution)}: the network does not run at it ({e})") from e
+    return tuple(sorted(set(found.values())))
+
+
+def resolve_device(task: Task) -> torch.device:
+    """The device ``task.device`` names (``auto``: CUDA when available).
+
+    Raises:
+        ConfigError: when ``cuda`` is asked for and not available.
+    """
+    if task.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`task.device` is 'cuda' but CUDA is not available here; use 'auto' or 'cpu'")
+    if task.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(task.device)

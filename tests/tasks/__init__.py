@@ -1,0 +1,1 @@
+"""Tests of the task layer: configs, networks and data."""
