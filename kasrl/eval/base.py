@@ -52,6 +52,7 @@ class EvalResult:
         kernel_hash: the evaluated kernel's identity.
         cached: True when the result came from the results store.
         fidelity: ``"analytic"`` or ``"measured"``.
+        device: where it was measured (CPU model or GPU, torch, threads).
     """
 
     status: Status
@@ -63,6 +64,7 @@ class EvalResult:
     kernel_hash: str = ""
     cached: bool = False
     fidelity: str = ""
+    device: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, Status):

@@ -50,7 +50,7 @@ class MeasuredEvaluator(Evaluator):
 
     Args:
         task: a :class:`~kasrl.tasks.Task`, a task name or a YAML path.
-        store: results store (the cache and the record of every evaluation).
+        store: results store (where the baseline network's accuracy is cached).
         isolation: ``"process"`` (a child process per worker, crash-isolated,
             with per-stage time limits) or ``"inline"`` (this process; for
             debugging and tests).
@@ -147,38 +147,27 @@ class MeasuredEvaluator(Evaluator):
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, kernel: KernelGraph | Evaluable) -> EvalResult:
-        """Evaluate one kernel (from the cache when this task has seen it)."""
+        """Evaluate one kernel (wrap in :class:`~kasrl.eval.cache.CachedEvaluator` to use the store)."""
         ev = kernel if isinstance(kernel, Evaluable) else GraphKernel(kernel)
-        if self.store is not None:
-            hit = self.store.lookup(self.task_fingerprint, ev.hash, fidelity=self.fidelity)
-            if hit is not None:
-                return self._from_record(hit)
         baseline_acc = self.baseline()["accuracy"] if "accuracy" not in self.skip else 0.0
         payload = {"kernel": ev, "doc": ev.doc} if not getattr(ev, "planted", None) else {"kernel": ev, "planted": ev.planted}
-        raw = self._run("eval", payload)
-        result = self._result(raw, ev.hash, baseline_acc)
-        if self.store is not None:
-            self.store.append(EvalRecord(self.task_fingerprint, ev.hash, ev.doc, result.status, result.reward,
-                                         dict(result.metrics), raw.get("stages", {}), raw.get("device", {}), self.run_id,
-                                         self.strategy, self.fidelity))
-        return result
+        return self._result(self._run("eval", payload), ev.hash, baseline_acc)
 
     def _result(self, raw: dict, kernel_hash: str, baseline_acc: float) -> EvalResult:
         status = Status.from_name(raw["status"])
         metrics = {k: v for k, v in raw.get("metrics", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if "pruned" in raw.get("metrics", {}):
             metrics["pruned"] = 1.0
+        stages = raw.get("stages", {})
+        device = raw.get("device", {})
         if not status.is_ok():
-            return failure(status, raw.get("cause", ""), self.penalties, metrics=metrics, stages=raw.get("stages", {}),
-                           kernel_hash=kernel_hash, fidelity=self.fidelity)
+            return failure(status, raw.get("cause", ""), self.penalties, metrics=metrics, stages=stages,
+                           kernel_hash=kernel_hash, fidelity=self.fidelity, device=device)
         if "accuracy" in metrics:
             metrics["baseline_accuracy"] = baseline_acc
             metrics["accuracy_gap"] = baseline_acc - metrics["accuracy"]
-        reward = reward_from(metrics, baseline_acc, self.task.reward) if "accuracy" not in self.skip else math.log(max(metrics.get("speedup", 1.0), 1e-6))
-        return EvalResult(Status.OK, float(reward), metrics, objectives_from(metrics), raw.get("stages", {}), "", kernel_hash,
-                          False, self.fidelity)
-
-    def _from_record(self, rec: EvalRecord) -> EvalResult:
-        metrics = {k: v for k, v in rec.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return EvalResult(rec.status, float(rec.reward), metrics, objectives_from(metrics) if rec.status.is_ok() else (0.0, 0.0),
-                          dict(rec.stages), "" if rec.status.is_ok() else "cached failure", rec.kernel_hash, True, self.fidelity)
+            reward = reward_from(metrics, baseline_acc, self.task.reward)
+        else:
+            reward = math.log(max(metrics.get("speedup", 1.0), 1e-6))
+        return EvalResult(Status.OK, float(reward), metrics, objectives_from(metrics), stages, "", kernel_hash,
+                          False, self.fidelity, device)

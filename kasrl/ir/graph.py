@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 from kasrl.errors import IllegalAction
 from kasrl.ir.dims import Monomial, free_symbol
 from kasrl.ir.primitives import DEFAULT_CONTEXT, Inference, Primitive, SpaceContext
-from kasrl.ir.shape import C_SLOT, INPUT_SHAPE, Shape, format_shape, volume
+from kasrl.ir.shape import INPUT_SHAPE, Shape, format_shape, volume
 
 __all__ = ["Node", "Constraints", "KernelGraph"]
 

@@ -33,7 +33,7 @@ bmm            contracts shared slots of two tensors   one batched ``matmul``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar, Mapping, Sequence
 
 from kasrl.ir.dims import ONE, C, Monomial, free_symbol

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from ortools.sat.python import cp_model
 
 from kasrl.ir.dims import C_ID, H_ID, W_ID, Monomial
 from kasrl.ir.sizes import SizeChoice
-from kasrl.solver.budget import Limits, Placement, SizeDomain
+from kasrl.solver.budget import SizeDomain
 
 __all__ = ["SolverConfig", "SizeProblem", "solve_sizes"]
 

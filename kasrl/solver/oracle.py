@@ -30,7 +30,6 @@ witness), cached by the canonical form of the constraints.
 from __future__ import annotations
 
 from collections import Counter
-from fractions import Fraction
 from typing import Sequence
 
 from kasrl.ir.dims import C, free_symbol

@@ -1,0 +1,207 @@
+"""Budgeted evaluation: the one currency every strategy spends.
+
+A :class:`BudgetedEvaluator` wraps the run's evaluator. Each kernel a strategy
+asks about costs one evaluation, **cache hits included** (each strategy pays for
+what it asks; the shared store only saves time), and the run stops when the
+evaluation count or the wall-clock budget is spent. Callbacks (the SB3 pattern:
+``on_result(record) -> bool``) log to wandb, show progress and keep the best
+kernels; returning False stops the run early.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from kasrl.errors import KasrlError
+from kasrl.eval.base import EvalResult, Evaluator
+from kasrl.ir.graph import KernelGraph
+from kasrl.ir.serialize import dumps
+
+__all__ = ["BudgetExhausted", "ResultRecord", "Callback", "BudgetedEvaluator", "TopKernels"]
+
+
+class BudgetExhausted(KasrlError):
+    """Raised when a strategy asks for an evaluation after its budget is spent."""
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One evaluation as the run saw it.
+
+    Attributes:
+        index: evaluations done when it finished (1-based; the x-axis).
+        seconds: run time when it finished.
+        result: the evaluator's result.
+        best_reward: best reward so far, this one included.
+        doc: the kernel's JSON text.
+    """
+
+    index: int
+    seconds: float
+    result: EvalResult
+    best_reward: float
+    doc: str
+
+    def summary(self) -> dict:
+        """A JSON-able row for histories and curves."""
+        r = self.result
+        return {"evaluation": self.index, "seconds": self.seconds, "reward": r.reward, "best_reward": self.best_reward,
+                "status": r.status.label, "hash": r.kernel_hash, "cached": r.cached, "objectives": list(r.objectives),
+                **{f"m_{k}": v for k, v in r.metrics.items() if "/" not in k}}
+
+
+class Callback:
+    """Receives every evaluation; return False from :meth:`on_result` to stop the run."""
+
+    def on_result(self, record: ResultRecord) -> bool:
+        return True
+
+    def on_end(self) -> None:
+        """Called once when the run ends."""
+
+
+class TopKernels(Callback):
+    """Keeps the best ``k`` distinct kernels (reward, result, document)."""
+
+    def __init__(self, k: int = 5) -> None:
+        self.k = k
+        self.heap: list = []
+        self.seen: set = set()
+
+    def on_result(self, record: ResultRecord) -> bool:
+        r = record.result
+        if not r.status.is_ok() or r.kernel_hash in self.seen:
+            return True
+        self.seen.add(r.kernel_hash)
+        item = (r.reward, record.index, record)
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, item)
+        elif item[0] > self.heap[0][0]:
+            heapq.heapreplace(self.heap, item)
+        return True
+
+    def best(self) -> list:
+        """Records, best first."""
+        return [rec for _, _, rec in sorted(self.heap, key=lambda t: (-t[0], t[1]))]
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "records": [(rec.index, rec.seconds, rec.best_reward, rec.doc, _result_state(rec.result)) for rec in self.best()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.heap, self.seen = [], set()
+        for index, seconds, best, doc, rs in state["records"]:
+            self.on_result(ResultRecord(index, seconds, _result_from_state(rs), best, doc))
+
+
+def _result_state(r: EvalResult) -> dict:
+    return {"status": int(r.status), "reward": r.reward, "metrics": r.metrics, "objectives": list(r.objectives), "cause": r.cause,
+            "kernel_hash": r.kernel_hash, "cached": r.cached, "fidelity": r.fidelity}
+
+
+def _result_from_state(d: dict) -> EvalResult:
+    from kasrl.store.records import Status
+
+    return EvalResult(Status(d["status"]), d["reward"], d["metrics"], tuple(d["objectives"]), {}, d["cause"], d["kernel_hash"],
+                      d["cached"], d["fidelity"])
+
+
+class BudgetedEvaluator(Evaluator):
+    """Counts and limits evaluations; notifies callbacks; keeps the history.
+
+    Args:
+        inner: the run's evaluator (cached, possibly parallel).
+        evaluations: evaluations allowed.
+        seconds: wall-clock seconds allowed (checked before each evaluation).
+        callbacks: notified of every result, in order.
+    """
+
+    def __init__(self, inner: Evaluator, evaluations: int, seconds: float = math.inf, callbacks: Sequence[Callback] = ()) -> None:
+        self.inner = inner
+        self.fidelity = inner.fidelity
+        self.task_fingerprint = inner.task_fingerprint
+        self.max_evaluations = evaluations
+        self.max_seconds = seconds
+        self.callbacks = list(callbacks)
+        self.spent = 0
+        self.best_reward = -math.inf
+        self.history: list = []
+        self._elapsed_before = 0.0
+        self._start = time.monotonic()
+        self._stopped = False
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds spent, across resumes."""
+        return self._elapsed_before + time.monotonic() - self._start
+
+    @property
+    def remaining(self) -> int:
+        """Evaluations left (0 once the time is up or a callback stopped the run)."""
+        if self._stopped or self.elapsed >= self.max_seconds:
+            return 0
+        return max(self.max_evaluations - self.spent, 0)
+
+    @property
+    def exhausted(self) -> bool:
+        """True when no evaluation is left."""
+        return self.remaining == 0
+
+    def _note(self, kernel: KernelGraph, result: EvalResult) -> ResultRecord:
+        self.spent += 1
+        self.best_reward = max(self.best_reward, result.reward)
+        rec = ResultRecord(self.spent, self.elapsed, result, self.best_reward, dumps(kernel))
+        self.history.append(rec.summary())
+        for cb in self.callbacks:
+            if cb.on_result(rec) is False:
+                self._stopped = True
+        return rec
+
+    def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        """Evaluate one kernel, spending one unit.
+
+        Raises:
+            BudgetExhausted: when nothing is left.
+        """
+        if self.exhausted:
+            raise BudgetExhausted(f"the budget is spent ({self.spent} evaluations, {self.elapsed:.0f} s)")
+        result = self.inner.evaluate(kernel)
+        self._note(kernel, result)
+        return result
+
+    def evaluate_many(self, kernels: Sequence[KernelGraph]) -> list:
+        """Evaluate up to the remaining budget concurrently; the rest are not evaluated.
+
+        Returns results for the first ``min(len(kernels), remaining)`` kernels.
+        """
+        take = list(kernels)[: self.remaining]
+        if not take:
+            raise BudgetExhausted(f"the budget is spent ({self.spent} evaluations, {self.elapsed:.0f} s)")
+        results = self.inner.evaluate_many(take)
+        for k, r in zip(take, results):
+            self._note(k, r)
+        return results
+
+    def end(self) -> None:
+        """Tell the callbacks the run is over."""
+        for cb in self.callbacks:
+            cb.on_end()
+
+    def state_dict(self) -> dict:
+        """Counters and history (for checkpoints)."""
+        return {"spent": self.spent, "elapsed": self.elapsed, "best_reward": self.best_reward, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue counting from a checkpoint."""
+        self.spent = state["spent"]
+        self._elapsed_before = state["elapsed"]
+        self._start = time.monotonic()
+        self.best_reward = state["best_reward"]
+        self.history = list(state["history"])
+
+    def close(self) -> None:
+        if hasattr(self.inner, "close"):
+            self.inner.close()

@@ -1,0 +1,257 @@
+"""One search run: its folder, store, tracker, search space, evaluator and leaderboard.
+
+The evaluator stack, outermost first::
+
+    BudgetedEvaluator   counts every kernel asked about; stops at the budget; callbacks
+    CachedEvaluator     the SQLite store: a kernel this task has seen costs no time
+    PoolEvaluator / RayEvaluator / the evaluator itself   (executor = process | ray | inline)
+    MeasuredEvaluator (isolated worker) or AnalyticEvaluator
+
+A run folder ``<out>/<task>__<strategy>__<seed>__<unix time>/`` holds
+``config.yaml``, ``checkpoint.pkl`` (resumable state), ``history.json`` (one row
+per evaluation), ``leaderboard.md`` and ``kernels/`` (JSON, source, picture of the
+best kernels), plus the offline wandb run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import yaml
+
+from kasrl.errors import ConfigError
+from kasrl.experiment.budget import BudgetedEvaluator, Callback, ResultRecord, TopKernels
+from kasrl.experiment.config import RunConfig, to_dict
+from kasrl.solver.cpsat import SolverConfig
+from kasrl.space import FAMILIES, SearchSpace, SpaceConfig
+from kasrl.tracking import NullTracker, Tracker, run_name
+
+__all__ = ["Run", "TrackerCallback", "ProgressCallback", "make_space", "make_evaluator"]
+
+
+class TrackerCallback(Callback):
+    """Logs every evaluation to wandb against the evaluation count."""
+
+    def __init__(self, tracker) -> None:
+        self.tracker = tracker
+
+    def on_result(self, record: ResultRecord) -> bool:
+        r = record.result
+        metrics = {"eval/reward": r.reward, "eval/ok": float(r.status.is_ok()), "eval/cached": float(r.cached),
+                   "search/best_reward": record.best_reward, "search/seconds": record.seconds}
+        for k, v in r.metrics.items():
+            if isinstance(v, (int, float)) and "/" not in k:
+                metrics[f"eval/{k}"] = float(v)
+        self.tracker.log(metrics, step=record.index)
+        return True
+
+
+class ProgressCallback(Callback):
+    """A progress bar over the evaluation budget."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="eval", dynamic_ncols=True)
+
+    def on_result(self, record: ResultRecord) -> bool:
+        self.bar.update(1)
+        self.bar.set_postfix(best=f"{record.best_reward:.3f}", last=f"{record.result.reward:.3f}")
+        return True
+
+    def on_end(self) -> None:
+        self.bar.close()
+
+
+def make_space(cfg: RunConfig, placements, budget) -> SearchSpace:
+    """The search space of a run."""
+    s = cfg.space
+    families = tuple(s.families) if s.families else FAMILIES
+    space_cfg = SpaceConfig(kernel_sizes=tuple(s.kernel_sizes), dilations=tuple(s.dilations), shifts=tuple(s.shifts),
+                            families=families, max_width=s.max_width, max_steps=s.max_steps, min_steps=s.min_steps)
+    return SearchSpace(placements, budget, space_cfg, SolverConfig(seed=cfg.seed))
+
+
+def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strategy: str):
+    """The cached, possibly parallel evaluator of a run (before budgeting)."""
+    from kasrl.eval.base import AnalyticEvaluator
+    from kasrl.eval.cache import CachedEvaluator
+
+    if cfg.fidelity == "analytic":
+        inner = AnalyticEvaluator(placements)
+    elif cfg.executor == "ray":
+        from kasrl.eval.ray_executor import RayEvaluator
+
+        inner = RayEvaluator(task, cfg.workers, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus, store_path=cfg.store)
+    else:
+        from kasrl.eval.executors import PoolEvaluator
+        from kasrl.eval.measured import MeasuredEvaluator
+
+        isolation = "inline" if cfg.executor == "inline" else "process"
+        workers = 1 if isolation == "inline" else cfg.workers
+        first = MeasuredEvaluator(task, store, isolation=isolation, run_id=run_id, strategy=strategy)
+        first.baseline()  # train the baseline once, before any worker needs it
+
+        def worker(i: int):
+            if i == 0:
+                return first
+            return MeasuredEvaluator(task, store, isolation=isolation, run_id=run_id, strategy=strategy, device=_gpu_for(i))
+
+        inner = PoolEvaluator(worker, workers) if workers > 1 else first
+    return CachedEvaluator(inner, store, run_id, strategy)
+
+
+def _gpu_for(i: int) -> str | None:
+    """Pin worker ``i`` to its own GPU when there are several."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{i % torch.cuda.device_count()}"
+    return None
+
+
+class Run:
+    """Everything a search run needs, created from its config.
+
+    Args:
+        cfg: the run config.
+        strategy: name used in the run name, the store and reports.
+        resume_dir: continue the run in this folder (its name is kept).
+        tracker: False for no wandb at all (tests); default from ``cfg.wandb``.
+    """
+
+    def __init__(self, cfg: RunConfig, strategy: str, resume_dir: str | None = None, tracker: bool = True, progress: bool = True) -> None:
+        from kasrl.eval.task_space import task_search_setup
+        from kasrl.store.sqlite import SQLiteStore
+        from kasrl.tasks import load_task
+
+        self.cfg = cfg
+        self.strategy = strategy
+        self.task = load_task(cfg.task)
+        if resume_dir is not None:
+            self.dir = Path(resume_dir)
+            if not (self.dir / "config.yaml").is_file():
+                raise ConfigError(f"`--resume` {resume_dir}: not a run folder (no config.yaml)")
+            self.name = self.dir.name
+        else:
+            self.name = run_name(self.task.name, strategy, cfg.seed)
+            self.dir = Path(cfg.out) / self.name
+            try:
+                self.dir.mkdir(parents=True, exist_ok=False)
+            except OSError as e:
+                raise ConfigError(f"`out` {cfg.out}: cannot create the run folder ({e.strerror or e})") from None
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.placements, budget = task_search_setup(self.task)
+        self.space = make_space(cfg, self.placements, budget)
+        Path(cfg.store).parent.mkdir(parents=True, exist_ok=True)
+        self.store = SQLiteStore(cfg.store)
+        self.tracker = NullTracker()
+        if tracker:
+            self.tracker = Tracker.start(cfg.wandb.project, self.name, cfg.wandb.group or None, to_dict(cfg), str(self.dir),
+                                         cfg.wandb.mode or None)
+        self.top = TopKernels(cfg.top_k)
+        callbacks = [TrackerCallback(self.tracker), self.top]
+        self._progress = progress
+        self.evaluator = BudgetedEvaluator(make_evaluator(cfg, self.task, self.placements, self.store, self.name, strategy),
+                                           cfg.budget.evaluations, cfg.budget.seconds, callbacks)
+        self.started = time.time()
+
+    # -- progress, checkpoints -------------------------------------------------------
+    def start_progress(self) -> None:
+        """Show a progress bar from the current evaluation count on."""
+        if self._progress:
+            self.evaluator.callbacks.append(ProgressCallback(self.cfg.budget.evaluations, f"{self.strategy} {self.name}", self.evaluator.spent))
+
+    def save_checkpoint(self, strategy_state: dict) -> Path:
+        """Write the run state atomically (a kill leaves the previous checkpoint intact)."""
+        state = {"strategy": strategy_state, "budget": self.evaluator.state_dict(), "top": self.top.state_dict()}
+        path = self.dir / "checkpoint.pkl"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(state, f)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self) -> dict | None:
+        """The strategy's saved state (and restore budget and leaderboard), or None."""
+        path = self.dir / "checkpoint.pkl"
+        if not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            state = pickle.load(f)  # noqa: S301 - our own checkpoint, written by save_checkpoint
+        self.evaluator.load_state_dict(state["budget"])
+        self.top.load_state_dict(state["top"])
+        return state["strategy"]
+
+    # -- the end ------------------------------------------------------------------------
+    def leaderboard(self) -> list:
+        """Rows of the best kernels (best first)."""
+        rows = []
+        for rank, rec in enumerate(self.top.best(), 1):
+            m = rec.result.metrics
+            rows.append({"rank": rank, "hash": rec.result.kernel_hash[:16], "reward": rec.result.reward, "speedup": m.get("speedup"),
+                         "accuracy": m.get("accuracy"), "flops_ratio": m.get("flops_ratio"), "params_ratio": m.get("params_ratio"),
+                         "evaluation": rec.index})
+        return rows
+
+    def finish(self, extra_summary: dict | None = None) -> list:
+        """Write the best kernels, the history and the leaderboard; log and close."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from kasrl.codegen.draw import draw_kernel
+        from kasrl.codegen.source import kernel_source
+        from kasrl.ir.serialize import loads, save_kernel
+
+        self.evaluator.end()
+        kdir = self.dir / "kernels"
+        kdir.mkdir(exist_ok=True)
+        rows = self.leaderboard()
+        table_rows = []
+        for row, rec in zip(rows, self.top.best()):
+            g = loads(rec.doc, "leaderboard")
+            sid = row["hash"]
+            save_kernel(g, kdir / f"{sid}.json")
+            src = kernel_source(g, doc=f"kasrl kernel {sid}: reward {rec.result.reward:.3f}")
+            (kdir / f"{sid}.py").write_text(src)
+            png = draw_kernel(g, kdir / f"{sid}.png", f"#{row['rank']} {sid} reward {rec.result.reward:.3f}")
+            self.tracker.log_image(f"kernels/rank{row['rank']}", str(png), caption=sid)
+            table_rows.append([row["rank"], sid, row["reward"], row["speedup"] or 0.0, row["accuracy"] or 0.0, row["flops_ratio"] or 0.0,
+                               row["params_ratio"] or 0.0, src])
+        self.tracker.log_table("search/top_kernels", ["rank", "hash", "reward", "speedup", "accuracy", "flops_ratio", "params_ratio", "source"],
+                               table_rows)
+        (self.dir / "history.json").write_text(json.dumps(self.evaluator.history))
+        best = rows[0]["reward"] if rows else float("nan")
+        summary = {"search/best_reward": best, "budget/evaluations": self.evaluator.spent, "search/seconds": self.evaluator.elapsed}
+        summary.update(extra_summary or {})
+        self.tracker.summary(summary)
+        table = Table(title=f"best kernels of {self.name} ({self.evaluator.spent} evaluations, {self.evaluator.elapsed:.0f} s)")
+        for col in ("rank", "kernel", "reward", "speedup", "accuracy", "FLOPs vs conv", "params vs conv", "found at"):
+            table.add_column(col, justify="right")
+        md = ["| rank | kernel | reward | speedup | accuracy | FLOPs vs conv | params vs conv | found at |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            cells = [str(r["rank"]), r["hash"], f"{r['reward']:.3f}", _fmt(r["speedup"], "x"), _fmt(r["accuracy"], "%"),
+                     _fmt(r["flops_ratio"], "x"), _fmt(r["params_ratio"], "x"), f"eval {r['evaluation']}"]
+            table.add_row(*cells)
+            md.append("| " + " | ".join(cells) + " |")
+        Console(width=120).print(table)
+        (self.dir / "leaderboard.md").write_text(f"# {self.name}\n\n" + "\n".join(md) + f"\n\nKernels: `{kdir}/`\n")
+        print(f"run folder: {self.dir}")
+        self.close()
+        return rows
+
+    def close(self) -> None:
+        """Stop workers and the tracker (idempotent)."""
+        self.evaluator.close()
+        self.tracker.finish()
+        self.store.close()
+
+
+def _fmt(v, unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}%" if unit == "%" else f"{v:.3f}{unit}"
