@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--widths", default="2-8", help="width range (default 2-8)")
     p.add_argument("--family-first", action="store_true", help="draw a family first, then a variant")
     p.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures (faster)")
+    p.add_argument("--sizes", choices=("max_flops", "feasible"), default="max_flops",
+                   help="max_flops: sizes that use the budget as fully as allowed (default); feasible: the first legal sizes")
     return p.parse_args(argv)
 
 
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     from kasrl.ir.canonical import kernel_hash, short_id
     from kasrl.ir.serialize import save_kernel
 
-    sampler = RandomSampler(space, args.seed, steps, widths, args.family_first)
+    sampler = RandomSampler(space, args.seed, steps, widths, args.family_first, args.sizes)
     rows = []
     families = Counter()
     start = time.perf_counter()

@@ -41,11 +41,14 @@ class RandomSampler(Strategy):
         family_first: draw a primitive family uniformly, then one of its legal
             actions (uniform over actions over-samples families with many
             variants, such as convolutions).
+        sizes: ``"max_flops"`` (CP-SAT sizes using the budget as fully as
+            allowed) or ``"feasible"`` (the first legal sizes; faster).
     """
 
     name = "random"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, steps: tuple = (5, 25), widths: tuple = (2, 8), family_first: bool = False) -> None:
+    def __init__(self, space: SearchSpace, seed: int = 0, steps: tuple = (5, 25), widths: tuple = (2, 8), family_first: bool = False,
+                 sizes: str = "max_flops") -> None:
         lo, hi = steps
         if not 1 <= lo <= hi <= space.config.max_steps:
             raise ValueError(f"`steps` must satisfy 1 <= low <= high <= max_steps ({space.config.max_steps}), got {steps}")
@@ -56,6 +59,7 @@ class RandomSampler(Strategy):
         self.steps = (lo, hi)
         self.widths = tuple(widths)
         self.family_first = family_first
+        self.sizes = sizes
         self.rng = random.Random(seed)
         self.best = BestTracker()
         self._fork_actions = np.array([a for a, act in enumerate(space.table.actions) if act.kind == "fork"], dtype=np.int64)
@@ -87,11 +91,12 @@ class RandomSampler(Strategy):
         width_cap = self.rng.randint(*self.widths)
         g = self.space.reset()
         actions = []
-        while g.sizes is None:
+        while True:
             a = self._choose(g, target, width_cap)
             actions.append(a)
+            if a == 0:  # finish (at the step cap it is the only legal action)
+                return self.space.finish(g, self.sizes), tuple(actions)
             g = self.space.apply(g, a, in_place=True)
-        return g, tuple(actions)
 
     def ask(self) -> Proposal:
         """A new random kernel."""

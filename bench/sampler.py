@@ -28,10 +28,10 @@ import time
 from common import device_line, med, setup
 
 
-def throughput(space, n: int, seed: int, family_first: bool) -> tuple:
+def throughput(space, n: int, seed: int, family_first: bool, sizes: str = "max_flops") -> tuple:
     from agents.random_sampler import RandomSampler
 
-    sampler = RandomSampler(space, seed=seed, family_first=family_first)
+    sampler = RandomSampler(space, seed=seed, family_first=family_first, sizes=sizes)
     for _ in range(20):  # warm the caches: the steady state of a long search
         sampler.sample_actions()
     rejected = 0
@@ -139,9 +139,12 @@ def main() -> None:
 
     print(device_line(fp))
     space = SearchSpace(RESNET18_PLACEMENTS)
-    for ff in (False, True):
-        rate, rejected = throughput(space, args.kernels, args.seed, ff)
-        print(f"sampler ({'family-first' if ff else 'uniform'}): {rate:.1f} valid kernels/s/core, {rejected} rejected attempts of {args.kernels}")
+    for sizes in ("max_flops", "feasible"):
+        for ff in (False, True):
+            rate, rejected = throughput(space, args.kernels, args.seed, ff, sizes)
+            what = "sizes maximising FLOPs use (CP-SAT)" if sizes == "max_flops" else "first legal sizes"
+            print(f"sampler ({'family-first' if ff else 'uniform'}, {what}): {rate:.1f} valid kernels/s/core, "
+                  f"{rejected} rejected attempts of {args.kernels}")
     steps, eps = env_steps(space, args.seconds, args.seed)
     print(f"environment: {steps:.0f} steps/s with exact masks ({eps} episodes in {args.seconds:.0f} s)")
     if args.quality:

@@ -1,4 +1,9 @@
-"""Command line: ``python -m kasrl show KERNEL.json [--shape CxHxW]``.
+"""Command line.
+
+* ``python -m kasrl show KERNEL.json [--shape CxHxW]``: source, cost and picture;
+* ``python -m kasrl evaluate KERNEL.json [--task FILE] [--store DB]``: the full
+  measured evaluation, every stage's outcome, latencies with spread, FLOPs,
+  parameters, accuracy against the baseline and the reward.
 
 Every command prints one line naming what is wrong and exits with status 2 on
 bad input; nothing is written in that case.
@@ -48,6 +53,52 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from kasrl.eval.cache import CachedEvaluator
+    from kasrl.eval.measured import MeasuredEvaluator
+    from kasrl.eval.task_space import task_search_setup
+    from kasrl.ir.serialize import load_kernel
+    from kasrl.solver.solve import SizeSolver
+    from kasrl.store.sqlite import SQLiteStore
+    from kasrl.tasks import load_task
+
+    task = load_task(args.task)
+    graph = load_kernel(args.kernel)
+    placements, budget = task_search_setup(task)
+    if graph.sizes is None:
+        SizeSolver(placements, budget).solve(graph)
+    store = SQLiteStore(args.store) if args.store else None
+    inner = MeasuredEvaluator(task, store, isolation="inline" if args.inline else "process", run_id="cli", strategy="cli")
+    ev = CachedEvaluator(inner, store, "cli", "cli") if store is not None else inner
+    try:
+        base = inner.baseline()
+        r = ev.evaluate(graph)
+    finally:
+        inner.close()
+    m = r.metrics
+    print(f"kernel {r.kernel_hash[:16]} on task {task.name} ({', '.join(map(str, placements))}){' [cached]' if r.cached else ''}")
+    for stage in ("build", "budget", "latency", "accuracy"):
+        info = r.stages.get(stage)
+        if info is None:
+            print(f"  {stage:<9} not run")
+            continue
+        print(f"  {stage:<9} {info['outcome']:<16} {info['seconds']:.1f} s")
+    if "flops_ratio" in m:
+        print(f"  FLOPs {m['flops_ratio']:.3f}x and parameters {m['params_ratio']:.3f}x a 3x3 convolution (worst placement)")
+    for key, value in sorted(m.items()):
+        if key.startswith("kernel_speedup/"):
+            p = key.split("/", 1)[1]
+            print(f"  kernel at {p}: {value:.3f}x the conv's speed (spread {m.get('kernel_spread/' + p, 0):.1%})")
+    if "speedup" in m:
+        print(f"  network: {m['latency_ms']:.3f} ms vs baseline {m['baseline_latency_ms']:.3f} ms -> speedup {m['speedup']:.3f}x "
+              f"(spread {m['speedup_spread']:.1%})")
+    if "accuracy" in m:
+        print(f"  accuracy {m['accuracy']:.2f}% vs baseline {base['accuracy']:.2f}% (gap {m['accuracy_gap']:+.2f} points)"
+              + (" [pruned early]" if m.get("pruned") else ""))
+    print(f"  status {r.status.label}; reward {r.reward:.4f}" + (f"; cause: {r.cause}" if r.cause else ""))
+    return 0 if r.status.is_ok() else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m kasrl`` argument parser."""
     parser = _Parser(prog="python -m kasrl", description="kasrl: kernel architecture search")
@@ -57,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--shape", default="64x56x56", help="placement CxHxW for the cost (default 64x56x56)")
     show.add_argument("--picture", default=None, help="where to write the picture (.png or .svg; default next to the kernel)")
     show.set_defaults(run=_cmd_show)
+    ev = sub.add_parser("evaluate", help="run the full measured evaluation of a kernel and print every stage")
+    ev.add_argument("kernel", help="kernel JSON document")
+    ev.add_argument("--task", default="fashion_mnist_cnn", help="task name or YAML path (default fashion_mnist_cnn)")
+    ev.add_argument("--store", default=None, help="SQLite results store to cache in (default: none)")
+    ev.add_argument("--inline", action="store_true", help="evaluate in this process (no crash isolation)")
+    ev.set_defaults(run=_cmd_evaluate)
     return parser
 
 

@@ -27,7 +27,7 @@ class CachedEvaluator(Evaluator):
         run_id, strategy: written into every record.
     """
 
-    def __init__(self, inner: Evaluator, store: ResultStore, run_id: str = "", strategy: str = "") -> None:
+    def __init__(self, inner: Evaluator, store: ResultStore, run_id: str = "adhoc", strategy: str = "adhoc") -> None:
         self.inner = inner
         self.store = store
         self.run_id = run_id

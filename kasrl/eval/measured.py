@@ -62,8 +62,8 @@ class MeasuredEvaluator(Evaluator):
 
     fidelity = "measured"
 
-    def __init__(self, task: Task | str, store: ResultStore | None = None, isolation: str = "process", run_id: str = "",
-                 strategy: str = "", memory_limit: int | None = 8 << 30, skip: Sequence[str] = (), device: str | None = None) -> None:
+    def __init__(self, task: Task | str, store: ResultStore | None = None, isolation: str = "process", run_id: str = "adhoc",
+                 strategy: str = "adhoc", memory_limit: int | None = 8 << 30, skip: Sequence[str] = (), device: str | None = None) -> None:
         if isolation not in ("process", "inline"):
             raise ValueError(f"`isolation` must be 'process' or 'inline', got {isolation!r}")
         self.task = load_task(task) if isinstance(task, str) else task
@@ -140,7 +140,7 @@ class MeasuredEvaluator(Evaluator):
             raise RuntimeError(f"training the baseline network failed: {out.get('cause', out)}")
         self._baseline = out
         if self.store is not None:
-            self.store.append(EvalRecord(self.task.fingerprint, BASELINE, "", Status.OK, 0.0, out,
+            self.store.append(EvalRecord(self.task.fingerprint, BASELINE, '{"baseline": "the unmodified network"}', Status.OK, 0.0, out,
                                          {"accuracy": {"outcome": "ok", "seconds": time.time() - start}}, {}, self.run_id,
                                          BASELINE, self.fidelity))
         return self._baseline

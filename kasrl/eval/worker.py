@@ -157,6 +157,8 @@ class IsolatedWorker:
         self.kill()
 
     def _dead(self, stage: str) -> dict:
+        if self.proc is not None:
+            self.proc.join(5)  # reap it, so its exit code (the signal) is known
         code = self.proc.exitcode if self.proc is not None else None
         self.kill()
         self.restarts += 1

@@ -184,6 +184,20 @@ class CompletionOracle:
         if domains is not None:
             graph._domains = domains
 
+    def satisfies(self, graph: KernelGraph, w: dict) -> bool:
+        """True when ``w`` (symbol -> (ratio, exp)) satisfies every constraint of
+        ``graph`` exactly at every placement (no route cost: ``graph`` is finished)."""
+        if any(s not in w for s in graph.free_symbols):
+            return False
+        c = graph.constraints
+        num = self.num
+        if not (all(num.integral(m, w) for m in c.integral) and all(num.equal_one(m, w) for m in c.equal)
+                and all(num.volume_ok(m, w) for m in c.volume)):
+            return False
+        flops = num.poly(poly_terms(c.flops), w)
+        params = num.poly(poly_terms(c.params), w)
+        return all(f <= lim.flops and p <= lim.params for f, p, lim in zip(flops, params, self.solver.limits))
+
     def completable(self, graph: KernelGraph) -> bool:
         """True when ``graph`` can still be finished legally within budget."""
         return self.state_witness(graph) is not None

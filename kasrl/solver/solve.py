@@ -77,7 +77,7 @@ class SizeSolver:
         Raises:
             SolverInfeasible: naming the placement and the constraint that fails.
         """
-        sizes, _ = solve_sizes(self.problem(graph.constraints, graph.free_symbols), self.config, objective)
+        sizes, _ = solve_sizes(self.problem(graph.constraints, graph.free_symbols), self.config, objective, tie_break=objective != "feasible")
         if sizes is None:
             raise self.diagnose(graph.constraints, graph.free_symbols)
         graph.sizes = sizes

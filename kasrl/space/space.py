@@ -22,6 +22,7 @@ from kasrl.errors import IllegalAction
 from kasrl.ir.dims import ONE, PLACEHOLDER, PLACEHOLDER_INDEX, C, free_symbol
 from kasrl.ir.graph import KernelGraph
 from kasrl.ir.primitives import PRIMITIVES, Binary, Fold, Projection, SpaceContext
+from kasrl.ir.sizes import SizeChoice
 from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, KH_SLOT, KW_SLOT, SLOTS, W_SLOT
 from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement
 from kasrl.solver.cpsat import SolverConfig, solve_sizes
@@ -261,9 +262,16 @@ class SearchSpace:
         """True when the finish action is legal."""
         return graph.steps >= self.config.min_steps and self.oracle.completable(graph)
 
-    def finish(self, graph: KernelGraph) -> KernelGraph:
+    def finish(self, graph: KernelGraph, objective: str = "max_flops") -> KernelGraph:
         """Close the kernel (zero-cost folds and adds; a projection to C only when no
-        branch has channel size C) and solve its sizes, maximising FLOPs use.
+        branch has channel size C) and solve its sizes.
+
+        Args:
+            graph: a state where finishing is legal.
+            objective: ``"max_flops"`` (default): CP-SAT sizes that use the FLOPs
+                budget as fully as allowed; ``"feasible"``: the first legal
+                sizes — the oracle's witness when it fits the closed kernel, else a
+                CP-SAT feasibility solve (for throughput-bound sampling).
 
         Returns a new, finished graph with ``sizes`` set.
 
@@ -271,14 +279,20 @@ class SearchSpace:
             IllegalAction: when finishing is not allowed in this state.
             SolverInfeasible: when CP-SAT runs out of time without a solution.
         """
+        if objective not in ("max_flops", "feasible"):
+            raise ValueError(f"`objective` must be 'max_flops' or 'feasible', got {objective!r}")
         if not self.can_finish(graph):
             raise IllegalAction(f"cannot finish yet: {graph.steps} actions taken, at least {self.config.min_steps} needed")
+        witness = graph._witness
         g = graph.copy()
         for attr in ("_mask", "_succ", "_system", "_domains", "_lb"):
             g.__dict__.pop(attr, None)
-        if self._close(g):
+        if self._close(g, objective):
             return g
-        self.solver.solve(g)
+        if objective == "feasible" and self.oracle.satisfies(g, witness):
+            g.sizes = {s: SizeChoice(*witness[s]) for s in g.free_symbols}
+            return g
+        self.solver.solve(g, objective)
         return g
 
     def _fold(self, g: KernelGraph, i: int, slot: int) -> None:
@@ -288,7 +302,7 @@ class SearchSpace:
         while g.width > 1:
             g.apply(_ADD, (0, g.width - 1), closing=True)
 
-    def _close(self, g: KernelGraph) -> bool:
+    def _close(self, g: KernelGraph, objective: str = "max_flops") -> bool:
         """Append the closing primitives; True when it also solved the sizes."""
         for i in range(g.width):
             for slot in (G_SLOT, KH_SLOT, KW_SLOT):
@@ -300,7 +314,7 @@ class SearchSpace:
                     self._fold(g, i, C_SLOT)
             self._merge_all(g)
             return False
-        if self._close_with_projection(g):
+        if self._close_with_projection(g, objective):
             return True
         for i in range(g.width):  # route c, cheapest: a 1 -> C projection of a pooled copy
             if not g.branch_shape(i)[C_SLOT].is_one:
@@ -313,7 +327,7 @@ class SearchSpace:
         g.apply(_ADD, (0, 1), closing=True)
         return False
 
-    def _close_with_projection(self, g: KernelGraph) -> bool:
+    def _close_with_projection(self, g: KernelGraph, objective: str = "max_flops") -> bool:
         """Route c, preferred form: merge the branches and project the result to C.
 
         Solves the sizes of that closing; False (and ``g`` untouched) when it
@@ -325,7 +339,7 @@ class SearchSpace:
                 self._fold(trial, i, C_SLOT)
         self._merge_all(trial)
         trial.apply(Projection(out="C", grouped=False), (0,), closing=True)
-        sizes, _ = solve_sizes(self.solver.problem(trial.constraints, trial.free_symbols), self.solver.config, "max_flops")
+        sizes, _ = solve_sizes(self.solver.problem(trial.constraints, trial.free_symbols), self.solver.config, objective)
         if sizes is None:
             return False
         trial.sizes = sizes

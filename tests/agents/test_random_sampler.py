@@ -101,3 +101,18 @@ def test_sample_py_writes_json_source_and_picture(tmp_path):
     names = sorted(p.suffix for p in tmp_path.iterdir())
     assert names == [".json", ".json", ".png", ".png", ".py", ".py"]
     assert "FLOPs vs conv" in r.stdout
+
+
+def test_first_legal_sizes_are_legal_everywhere():
+    from kasrl.analysis import analytic_cost
+
+    space = SearchSpace()
+    s = RandomSampler(space, seed=12, sizes="feasible")
+    for _ in range(15):
+        k, _ = s.sample_actions()
+        for p, lim in zip(space.placements, space.solver.limits):
+            for choice in k.sizes.values():
+                choice.value(p.c)  # raises when a size is not a positive integer here
+            flops, params = analytic_cost(k, p)
+            assert flops <= lim.flops and params <= lim.params
+        build_module(k, *space.placements[-1])

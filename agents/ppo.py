@@ -1,0 +1,360 @@
+"""PPO agents that learn to build kernels: sb3-contrib ``MaskablePPO`` on the kernel-construction env.
+
+Pseudocode of a training run (``train_agent.py``)::
+
+    envs  = n_envs copies of KernelConstruction-v0, sharing the run's search space and budget
+    agent = KernelPPO("GraphPolicy", envs)       # graph network -> masked action logits, value
+    repeat until the budget is spent:            # StopOnBudget ends learn()
+        roll out n_steps per env, masks from env.action_masks()
+        every finished episode = one evaluation (its kernel's reward is the episode's reward)
+        PPO update: n_epochs over the rollout in minibatches
+        checkpoint the policy and the run state every `checkpoint_every` evaluations
+
+>>> from sb3_contrib import MaskablePPO
+>>> issubclass(KernelPPO, MaskablePPO) and "GraphPolicy" in KernelPPO.policy_aliases
+True
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+from gymnasium import spaces
+import numpy as np
+import torch as th
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from agents.features import GraphFeaturesExtractor
+from kasrl.errors import ConfigError
+from kasrl.experiment.config import RunConfig
+
+__all__ = [
+    "PPOOptions",
+    "PPOConfig",
+    "GraphPolicy",
+    "KernelPPO",
+    "BudgetGuard",
+    "make_vec_env",
+    "make_agent",
+    "agent_state",
+    "restore_agent",
+]
+
+SelfKernelPPO = TypeVar("SelfKernelPPO", bound="KernelPPO")
+POLICIES = {"graph": "GraphPolicy", "mlp": "MultiInputPolicy"}
+
+
+# -- config ----------------------------------------------------------------------------------
+@dataclass
+class PPOOptions:
+    """PPO hyperparameters (``ppo.*`` keys of ``configs/ppo.yaml``)."""
+
+    n_envs: int = 4
+    """Environments stepped together (DummyVecEnv); each finished episode costs one evaluation."""
+    n_steps: int = 16
+    """Env steps per environment between updates (an update sees n_envs * n_steps steps)."""
+    batch_size: int = 32
+    """Minibatch size of an update (env steps)."""
+    n_epochs: int = 4
+    """Passes over each rollout per update."""
+    learning_rate: float = 1e-3
+    """Adam step size (constant)."""
+    gamma: float = 1.0
+    """Discount per env step (the only reward comes at the end of an episode)."""
+    gae_lambda: float = 0.95
+    """GAE bias/variance trade-off (1: Monte-Carlo returns)."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus in the loss (nats)."""
+    clip_range: float = 0.2
+    """PPO's clipping of the probability ratio (fraction)."""
+    hidden: int = 64
+    """Width of node embeddings and of the policy and value layers (units)."""
+    rounds: int = 2
+    """Message-passing rounds of the graph policy (hops)."""
+    policy: str = "graph"
+    """graph (message passing over the kernel graph) | mlp (an MLP over the flattened padded arrays)."""
+    checkpoint_every: int = 10
+    """Evaluations between checkpoints (0: only at the end)."""
+
+
+@dataclass
+class PPOConfig(RunConfig):
+    """A PPO run: the shared run settings plus ``ppo.*``."""
+
+    ppo: PPOOptions = field(default_factory=PPOOptions)
+    """PPO hyperparameters."""
+
+    def validate(self) -> None:
+        """Check values that types alone do not catch.
+
+        Raises:
+            ConfigError: naming the key.
+        """
+        super().validate()
+        p = self.ppo
+        for key in ("n_envs", "n_steps", "batch_size", "n_epochs", "hidden"):
+            if getattr(p, key) < 1:
+                raise ConfigError(f"`ppo.{key}` must be at least 1, got {getattr(p, key)}")
+        if p.n_envs * p.n_steps < 2:
+            raise ConfigError(f"`ppo.n_steps` * `ppo.n_envs` must be at least 2, got {p.n_steps} * {p.n_envs}")
+        if p.batch_size > p.n_envs * p.n_steps:
+            raise ConfigError(f"`ppo.batch_size` {p.batch_size} exceeds a rollout (ppo.n_envs * ppo.n_steps = {p.n_envs * p.n_steps})")
+        if p.rounds < 0:
+            raise ConfigError(f"`ppo.rounds` must be >= 0, got {p.rounds}")
+        if not p.learning_rate > 0:
+            raise ConfigError(f"`ppo.learning_rate` must be positive, got {p.learning_rate}")
+        for key in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(p, key) <= 1.0:
+                raise ConfigError(f"`ppo.{key}` must be in [0, 1], got {getattr(p, key)}")
+        if p.ent_coef < 0 or not p.clip_range > 0:
+            raise ConfigError(f"`ppo.ent_coef` must be >= 0 and `ppo.clip_range` > 0, got {p.ent_coef} and {p.clip_range}")
+        if p.policy not in POLICIES:
+            raise ConfigError(f"`ppo.policy` must be one of {sorted(POLICIES)}, got {p.policy!r}")
+        if p.checkpoint_every < 0:
+            raise ConfigError(f"`ppo.checkpoint_every` must be >= 0, got {p.checkpoint_every}")
+
+
+# -- policy and algorithm --------------------------------------------------------------------
+class GraphPolicy(MaskableMultiInputActorCriticPolicy):
+    """``MaskableMultiInputActorCriticPolicy`` whose features come from :class:`GraphFeaturesExtractor`.
+
+    Takes the parent's arguments; ``features_extractor_class`` defaults to the graph network.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", GraphFeaturesExtractor)
+        super().__init__(*args, **kwargs)
+
+
+class KernelPPO(MaskablePPO):
+    """``MaskablePPO`` with defaults for expensive, end-of-episode rewards.
+
+    Rewards cost seconds each, so rollouts are short (``n_steps`` per env) and
+    updates small (a tiny network, few epochs). Masks are used at training time
+    (sb3-contrib reads ``env.action_masks()``) and must be passed at prediction
+    time: ``agent.predict(obs, action_masks=env.action_masks())``.
+
+    ``policy`` is a class or a name from :attr:`policy_aliases`: ``"GraphPolicy"``
+    (message passing over the kernel graph), or sb3-contrib's ``"MultiInputPolicy"``
+    (an MLP over the flattened padded arrays).
+
+    Args:
+        policy: the policy class or its alias.
+        env: the (vectorised) kernel-construction env.
+        learning_rate: Adam step size.
+        n_steps: env steps per env between updates.
+        batch_size: minibatch size (env steps).
+        n_epochs: passes over each rollout per update.
+        gamma: discount per env step.
+        gae_lambda: GAE's lambda.
+        ent_coef: weight of the entropy bonus.
+        clip_range: PPO's ratio clipping.
+        hidden: width of node embeddings and of the policy/value layers (units);
+            ignored for the parts ``policy_kwargs`` sets itself.
+        rounds: message-passing rounds (``GraphPolicy`` only).
+        policy_kwargs: passed to the policy; merged over the defaults that
+            ``hidden`` and ``rounds`` imply.
+        seed: seeds the policy's sampling.
+        device: where the networks live (a tiny net: ``"cpu"`` is fastest).
+        **kwargs: other :class:`~sb3_contrib.MaskablePPO` arguments.
+
+    Raises:
+        ValueError: for a non-positive ``hidden``, ``n_steps``, ``batch_size`` or ``n_epochs``.
+    """
+
+    policy_aliases: ClassVar[dict] = {**MaskablePPO.policy_aliases, "GraphPolicy": GraphPolicy}
+
+    def __init__(
+        self,
+        policy: str | type = "GraphPolicy",
+        env: Any = None,
+        learning_rate: float = 1e-3,
+        n_steps: int = 16,
+        batch_size: int = 32,
+        n_epochs: int = 4,
+        gamma: float = 1.0,
+        gae_lambda: float = 0.95,
+        ent_coef: float = 0.01,
+        clip_range: float = 0.2,
+        hidden: int = 64,
+        rounds: int = 2,
+        policy_kwargs: dict | None = None,
+        seed: int | None = None,
+        device: str = "cpu",
+        **kwargs: Any,
+    ) -> None:
+        for name, value in (("hidden", hidden), ("n_steps", n_steps), ("batch_size", batch_size), ("n_epochs", n_epochs)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        defaults: dict = {"net_arch": {"pi": [hidden], "vf": [hidden]}}
+        if policy in ("GraphPolicy", GraphPolicy):
+            defaults["features_extractor_kwargs"] = {"hidden": hidden, "rounds": rounds}
+        else:
+            defaults["net_arch"] = {"pi": [hidden, hidden], "vf": [hidden, hidden]}
+        self.hidden = hidden
+        self.rounds = rounds
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            clip_range=clip_range,
+            policy_kwargs={**defaults, **(policy_kwargs or {})},
+            seed=seed,
+            device=device,
+            **kwargs,
+        )
+
+    def _setup_model(self) -> None:
+        # The env's MaskedDiscrete holds a bound method of the env (its ``sample()``
+        # draws a legal action); a plain Discrete keeps the saved model small and
+        # free of the env. Masks come from ``env.action_masks()`` either way.
+        if isinstance(self.action_space, spaces.Discrete) and type(self.action_space) is not spaces.Discrete:
+            self.action_space = spaces.Discrete(int(self.action_space.n), start=int(self.action_space.start))
+        super()._setup_model()
+
+    def learn(
+        self: SelfKernelPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "KernelPPO",
+        reset_num_timesteps: bool = True,
+        use_masking: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfKernelPPO:
+        """Train for ``total_timesteps`` env steps or until a callback stops it; returns ``self``."""
+        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, use_masking, progress_bar)
+
+
+# -- environments ----------------------------------------------------------------------------
+class BudgetGuard(gym.Wrapper):
+    """Truncates the episode, without touching the env, once the run's budget is spent.
+
+    Several envs share one budget: when one env's episode spends the last
+    evaluation, the others must not ask for another (the evaluator would raise
+    ``BudgetExhausted`` and the env would turn that into a crash penalty). A
+    guarded step then returns the last observation, reward 0, ``truncated=True``
+    and ``info["budget_exhausted"] = True``; training stops on that same step
+    (:class:`agents.callbacks.StopOnBudget`), so no such step reaches an update
+    and no such episode is counted.
+
+    Args:
+        env: the kernel-construction env (possibly wrapped).
+        evaluator: the run's budgeted evaluator (``.exhausted``).
+    """
+
+    def __init__(self, env: gym.Env, evaluator: Any) -> None:
+        super().__init__(env)
+        self.evaluator = evaluator
+        self._last_obs: Any = None
+        self._mask: np.ndarray | None = None
+
+    def reset(self, **kwargs: Any) -> tuple:
+        """Reset the wrapped env."""
+        obs, info = self.env.reset(**kwargs)
+        self._last_obs, self._mask = obs, info.get("action_mask")
+        return obs, info
+
+    def step(self, action: Any) -> tuple:
+        """Step the wrapped env, unless the budget is spent."""
+        if self.evaluator.exhausted and self._last_obs is not None:
+            return self._last_obs, 0.0, False, True, {"action_mask": self.action_masks(), "budget_exhausted": True}
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._last_obs, self._mask = obs, info.get("action_mask")
+        return obs, reward, terminated, truncated, info
+
+    def action_masks(self) -> np.ndarray:
+        """The legal actions now (sb3-contrib reads this).
+
+        The env puts the mask of the state it returns in ``info``; reusing it
+        saves computing every mask twice.
+        """
+        if self._mask is None:
+            self._mask = self.env.unwrapped.action_masks()
+        return self._mask
+
+
+def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0) -> DummyVecEnv:
+    """``n_envs`` kernel-construction envs sharing one search space and one budgeted evaluator.
+
+    Each env is ``BudgetGuard(Monitor(KernelConstruction-v0))``: the monitor
+    feeds SB3's episode statistics (``rollout/ep_rew_mean``).
+
+    Args:
+        space: the run's :class:`~kasrl.space.SearchSpace` (its caches are shared).
+        evaluator: the run's budgeted evaluator (every env spends the same budget).
+        n_envs: number of envs (stepped one after the other).
+        seed: seed of the first env's first reset (the others get ``seed + i``).
+
+    Raises:
+        ValueError: when ``n_envs`` is below 1.
+    """
+    import envs  # noqa: F401 - registers kasrl/KernelConstruction-v0
+
+    if n_envs < 1:
+        raise ValueError(f"`n_envs` must be at least 1, got {n_envs}")
+
+    def make() -> gym.Env:
+        return BudgetGuard(Monitor(gym.make(envs.ENV_ID, space=space, evaluator=evaluator)), evaluator)
+
+    venv = DummyVecEnv([make] * n_envs)
+    venv.seed(seed)
+    return venv
+
+
+# -- building, saving and restoring an agent --------------------------------------------------
+def _training_kwargs(opts: PPOOptions) -> dict:
+    return {k: getattr(opts, k) for k in ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "clip_range")}
+
+
+def make_agent(venv: Any, opts: PPOOptions, seed: int = 0) -> KernelPPO:
+    """A fresh :class:`KernelPPO` on ``venv`` with the hyperparameters of ``opts``."""
+    return KernelPPO(POLICIES[opts.policy], venv, hidden=opts.hidden, rounds=opts.rounds, seed=seed, **_training_kwargs(opts))
+
+
+def agent_state(agent: KernelPPO, opts: PPOOptions) -> dict:
+    """Everything needed to continue training: the SB3 model file (bytes) and the RNG states."""
+    buf = io.BytesIO()
+    agent.save(buf)
+    return {
+        "model_zip": buf.getvalue(),
+        "policy": opts.policy,
+        "hidden": opts.hidden,
+        "rounds": opts.rounds,
+        "num_timesteps": agent.num_timesteps,
+        "rng": {"torch": th.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+
+
+def restore_agent(state: dict, venv: Any, opts: PPOOptions) -> KernelPPO:
+    """The agent of :func:`agent_state`, on ``venv``, with ``opts``' training hyperparameters.
+
+    Training hyperparameters (learning rate, ``n_steps``...) may change on resume;
+    the network's shape may not.
+
+    Raises:
+        ConfigError: when ``ppo.policy``, ``ppo.hidden`` or ``ppo.rounds`` differ from the saved agent's.
+    """
+    for key in ("policy", "hidden", "rounds"):
+        if state[key] != getattr(opts, key):
+            raise ConfigError(f"`ppo.{key}` is {getattr(opts, key)!r} but the checkpoint's agent has {state[key]!r}; the network cannot change on resume")
+    agent = KernelPPO.load(io.BytesIO(state["model_zip"]), env=venv, device="cpu", **_training_kwargs(opts))
+    rng = state["rng"]
+    th.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return agent

@@ -1,0 +1,161 @@
+"""PPO agents: training through ``train_agent.py``, checkpoint and resume, masks at prediction, config errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import envs
+import train_agent
+from agents.callbacks import StopOnBudget, TrainMetrics
+from agents.features import GraphFeaturesExtractor
+from agents.ppo import PPOConfig, BudgetGuard, KernelPPO, make_agent, make_vec_env
+from kasrl.eval.base import AnalyticEvaluator
+from kasrl.eval.task_space import task_search_setup
+from kasrl.experiment.budget import BudgetedEvaluator
+from kasrl.experiment.config import load_config
+from kasrl.experiment.run import Run, make_space
+from kasrl.tasks import load_task
+from kasrl.tracking import NullTracker
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["fidelity=analytic", "wandb.mode=disabled", "space.max_steps=10", "ppo.n_envs=2", "ppo.n_steps=8", "ppo.batch_size=8",
+        "ppo.n_epochs=2", "ppo.hidden=16", "ppo.checkpoint_every=4"]
+
+
+def _tiny(tmp: Path, *more: str) -> list:
+    return [*TINY, f"out={tmp}", f"store={tmp}/results.db", *more]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run (12 evaluations), then a resume to 20: ``(run dir, first state, resumed state)``."""
+    tmp = tmp_path_factory.mktemp("ppo")
+    assert train_agent.main(_tiny(tmp, "budget.evaluations=12")) == 0
+    (run_dir,) = [p for p in tmp.iterdir() if p.is_dir()]
+    first = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
+    assert train_agent.main(["--resume", str(run_dir), "budget.evaluations=20"]) == 0
+    resumed = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
+    return run_dir, first, resumed
+
+
+def test_short_run_checkpoints_and_resume_continues_the_evaluation_count(trained):
+    run_dir, first, resumed = trained
+    assert (run_dir / "ppo_agent.zip").is_file() and (run_dir / "leaderboard.md").is_file()
+    assert list((run_dir / "kernels").glob("*.py")) and list((run_dir / "kernels").glob("*.png"))
+    assert first["budget"]["spent"] == 12
+    assert first["strategy"]["num_timesteps"] >= 12 * 5  # a few hundred env steps at most, min_steps=5 each
+    assert resumed["budget"]["spent"] == 20
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["evaluation"] for h in history] == list(range(1, 21))  # continued, not restarted at 1
+    assert resumed["strategy"]["num_timesteps"] > first["strategy"]["num_timesteps"]
+    assert all(h["status"] == "ok" for h in history)  # no budget-exhausted crash leaked into the record
+
+
+def test_saved_policy_never_picks_a_masked_action(trained):
+    run_dir = trained[0]
+    cfg = load_config(PPOConfig, run_dir / "config.yaml")
+    placements, budget = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget)
+    agent = KernelPPO.load(run_dir / "ppo_agent.zip", device="cpu")
+    env = gym.make(envs.ENV_ID, space=space, evaluator=AnalyticEvaluator(placements))
+    steps = 0
+    for episode in range(6):
+        obs, _ = env.reset(seed=episode)
+        done = False
+        while not done:
+            mask = env.unwrapped.action_masks()
+            action, _ = agent.predict(obs, action_masks=mask, deterministic=episode % 2 == 0)
+            assert mask[int(action)] == 1, f"masked action {int(action)} picked at step {steps}"
+            obs, _, terminated, truncated, info = env.step(int(action))
+            done, steps = terminated or truncated, steps + 1
+        assert info["status"] == "ok"
+    assert steps >= 6 * 5
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("ppo.n_epochs=abc", "ppo.n_epochs"), ("ppo.hiden=32", "ppo.hiden"), ("budget.evaluations=many", "budget.evaluations"),
+     ("ppo.policy=cnn", "ppo.policy"), ("ppo.batch_size=1000", "ppo.batch_size")],
+)
+def test_bad_config_is_one_line_naming_the_key_and_status_2(tmp_path, override, key):
+    r = subprocess.run([sys.executable, str(ROOT / "train_agent.py"), override], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"`{key}`" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_budget_guard_truncates_instead_of_evaluating_past_the_budget():
+    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    placements, budget = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget)
+    ev = BudgetedEvaluator(AnalyticEvaluator(placements), evaluations=1)
+    a, b = (BudgetGuard(gym.make(envs.ENV_ID, space=space, evaluator=ev), ev) for _ in range(2))
+    a.reset(seed=0)
+    b.reset(seed=1)
+    b.step(int(np.flatnonzero(b.action_masks()[1:])[0]) + 1)  # one step into b's episode
+    done = False
+    while not done:  # a spends the only evaluation
+        _, reward, done, _, info = a.step(int(np.flatnonzero(a.action_masks())[-1]))
+    assert ev.spent == 1 and ev.exhausted and info["status"] == "ok"
+    _, reward, terminated, truncated, info = b.step(0)
+    assert (reward, terminated, truncated, info["budget_exhausted"]) == (0.0, False, True, True)
+    assert ev.spent == 1
+
+
+class _Recorder(NullTracker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list = []
+
+    def _log(self, values: dict, step: int) -> None:
+        self.rows.append((step, dict(values)))
+
+
+@pytest.mark.parametrize("policy", ["graph", "mlp"])
+def test_training_metrics_reach_the_tracker_at_the_evaluation_count(tmp_path, policy):
+    cfg = load_config(PPOConfig, None, _tiny(tmp_path, "budget.evaluations=8", f"ppo.policy={policy}"))
+    run = Run(cfg, "ppo", tracker=False, progress=False)
+    rec = _Recorder()
+    agent = make_agent(make_vec_env(run.space, run.evaluator, 2, 0), cfg.ppo, 0)
+    agent.learn(10**9, callback=[StopOnBudget(run.evaluator), TrainMetrics(rec, lambda: run.evaluator.spent)])
+    run.close()
+    assert run.evaluator.spent == 8
+    steps = [s for s, _ in rec.rows]
+    assert steps == sorted(steps) and steps[-1] <= 8
+    logged = {k for _, values in rec.rows for k in values}
+    assert {"train/policy_gradient_loss", "train/entropy", "train/value_loss", "rollout/ep_rew_mean"} <= logged
+
+
+def test_graph_features_ignore_padding_and_are_finite():
+    env = gym.make(envs.ENV_ID, max_steps=6)
+    obs, _ = env.reset(seed=0)
+    env.step(int(np.flatnonzero(env.unwrapped.action_masks()[1:])[0]) + 1)
+    fx = GraphFeaturesExtractor(env.observation_space, hidden=8)
+    batch = {k: torch.as_tensor(v)[None] for k, v in obs.items()}
+    noisy = {k: v.clone() for k, v in batch.items()}
+    noisy["nodes"][0, 5:] = 0.7  # garbage in padded node rows must not matter
+    assert torch.allclose(fx(batch), fx(noisy))
+    empty = {k: torch.zeros_like(v) for k, v in batch.items()}
+    assert torch.isfinite(fx(empty)).all()
+
+
+@pytest.mark.slow
+def test_default_measured_fidelity_runs_end_to_end(tmp_path):
+    """Real training and latency, three evaluations on the small digits task."""
+    argv = ["task=digits_cnn", "wandb.mode=disabled", "budget.evaluations=3", "ppo.n_envs=2", "ppo.n_steps=8", "ppo.batch_size=8",
+            f"out={tmp_path}", f"store={tmp_path}/results.db"]
+    assert train_agent.main(argv) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history) == 3
+    assert "speedup" in (run_dir / "leaderboard.md").read_text()

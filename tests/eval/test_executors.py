@@ -1,0 +1,123 @@
+"""Executors: in-process and a local process pool give the same outcomes; a broken worker is replaced.
+
+Ray, the third backend, is tested the same way in ``test_ray.py`` (inside a
+loopback-only network namespace).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kasrl.eval.base import AnalyticEvaluator, EvalResult, Evaluator
+from kasrl.eval.executors import PoolEvaluator
+from kasrl.eval.measured import MeasuredEvaluator
+from kasrl.store.memory import MemoryStore
+from kasrl.store.records import Status
+from tests.eval.planted import NaNKernel, RaisingKernel, SegfaultKernel, SleepingKernel
+
+#: Accuracy points two evaluations of one kernel may differ by (training runs in
+#: another process, possibly with another thread count; near-chance kernels vary most).
+ACCURACY_NOISE = 10.0
+
+
+def assert_same_outcomes(got: list, want: list) -> None:
+    """Same status, cause and penalty; same FLOPs/params ratios; accuracy within noise (latency is not compared)."""
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        where = f"kernel {i}: {g.status.label} / {w.status.label}, {g.cause!r} / {w.cause!r}"
+        assert g.status == w.status, where
+        assert g.kernel_hash == w.kernel_hash, where
+        assert g.fidelity == w.fidelity == "measured", where
+        if not g.status.is_ok():
+            assert g.cause == w.cause and g.reward == w.reward, where
+            continue
+        for key in ("flops_ratio", "params_ratio"):
+            assert g.metrics[key] == pytest.approx(w.metrics[key], rel=1e-9), (where, key)
+        assert abs(g.metrics["accuracy"] - w.metrics["accuracy"]) <= ACCURACY_NOISE, where
+        assert abs(g.metrics["baseline_accuracy"] - w.metrics["baseline_accuracy"]) <= ACCURACY_NOISE, where
+        assert g.metrics["speedup"] > 0 and g.device["torch"] == w.device["torch"], where
+
+
+def inline_reference(task, kernels, monkeypatch) -> list:
+    """What the in-process evaluator gives (training with as many threads as a worker uses)."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # training_threads(): every core, as in a worker process
+    return MeasuredEvaluator(task, isolation="inline").evaluate_many(kernels)
+
+
+# -- fast: the pool's mechanics ---------------------------------------------------------------------
+def test_analytic_rewards_are_the_same_in_process_and_on_a_pool(digits, digits_kernels):
+    _, placements, _ = digits
+    inline = AnalyticEvaluator(placements)
+    pool = PoolEvaluator(lambda i: AnalyticEvaluator(placements), workers=2)
+    try:
+        want = inline.evaluate_many(digits_kernels)
+        got = pool.evaluate_many(digits_kernels)
+    finally:
+        pool.close()
+    assert pool.fidelity == "analytic" and pool.task_fingerprint == inline.task_fingerprint
+    for g, w in zip(got, want, strict=True):
+        assert (g.status, g.reward, g.metrics, g.objectives, g.kernel_hash) == (w.status, w.reward, w.metrics, w.objectives, w.kernel_hash)
+
+
+class _Meeting(Evaluator):
+    """Returns its kernel (an int) as the reward; the first ``meet`` calls wait for each other."""
+
+    fidelity = "fake"
+
+    def __init__(self, barrier: threading.Barrier, meet: int) -> None:
+        self.barrier = barrier
+        self.meet = meet
+
+    def evaluate(self, kernel) -> EvalResult:
+        if kernel < self.meet:
+            self.barrier.wait()  # raises BrokenBarrierError unless every worker is in here at once
+        return EvalResult(Status.OK, float(kernel))
+
+
+def test_a_pool_evaluates_a_batch_on_every_worker_at_once_and_keeps_its_order():
+    barrier = threading.Barrier(3, timeout=10)
+    pool = PoolEvaluator(lambda i: _Meeting(barrier, meet=3), workers=3)
+    try:
+        results = pool.evaluate_many(list(range(8)))
+    finally:
+        pool.close()
+    assert [r.reward for r in results] == [float(k) for k in range(8)]
+    with pytest.raises(ValueError, match="`workers` must be at least 1, got 0"):
+        PoolEvaluator(lambda i: _Meeting(barrier, 0), workers=0)
+
+
+# -- slow: real evaluations in worker processes --------------------------------------------------------
+@pytest.mark.slow
+def test_a_process_pool_gives_the_outcomes_of_in_process_evaluation(digits, digits_kernels, monkeypatch):
+    task = digits[0]
+    kernels = [digits_kernels[0], NaNKernel(), digits_kernels[1], RaisingKernel()]
+    store = MemoryStore()
+    first = MeasuredEvaluator(task, store, isolation="process")
+    first.baseline()  # as make_evaluator does: trained once, then read from the store
+    pool = PoolEvaluator(lambda i: first if i == 0 else MeasuredEvaluator(task, store, isolation="process"), workers=2)
+    try:
+        got = pool.evaluate_many(kernels)
+    finally:
+        pool.close()
+    assert [r.status.label for r in got] == ["ok", "numerics_error", "ok", "build_error"]
+    assert_same_outcomes(got, inline_reference(task, kernels, monkeypatch))
+    assert all(r.device["allocator_pinned"] for r in got if r.status.is_ok())  # workers start with the allocator pinned
+
+
+@pytest.mark.slow
+def test_a_crashed_or_hung_worker_is_replaced_and_the_search_goes_on(short_task, digits_kernels):
+    workers = [MeasuredEvaluator(short_task, isolation="process", skip=("accuracy",)) for _ in range(2)]
+    pool = PoolEvaluator(lambda i: workers[i], workers=2)
+    try:
+        first = pool.evaluate_many([SegfaultKernel(), SleepingKernel(), digits_kernels[0], NaNKernel()])
+        restarts = sum(w._worker.restarts for w in workers)
+        then = pool.evaluate_many([digits_kernels[1], RaisingKernel(), digits_kernels[2]])
+    finally:
+        pool.close()
+    assert [r.status.label for r in first] == ["crash", "timeout", "ok", "numerics_error"]
+    assert "SIGSEGV" in first[0].cause and first[0].reward == -2.0
+    assert first[1].cause == "build: ran past its limit of 3 s; the worker was killed" and first[1].reward == -1.0
+    assert restarts == 2
+    assert [r.status.label for r in then] == ["ok", "build_error", "ok"]
