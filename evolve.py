@@ -23,11 +23,11 @@ PROG = "evolve.py"
 
 
 def main(argv=None) -> int:
+    """Run ``evolve.py`` with ``argv`` (default: the command line); returns the exit status."""
+    from evolution.algorithms import EvolveConfig
     from kasrl.errors import KasrlError
     from kasrl.experiment.cli import fail, parse_cli
     from kasrl.experiment.config import CONFIGS_DIR
-
-    from evolution.algorithms import EvolveConfig
 
     # -- config and run -------------------------------------------------------------
     try:
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     # -- evolve ---------------------------------------------------------------------
     from evolution.algorithms import run_evolution
-    from evolution.report import write_front
+    from evolution.report import print_front, write_front
 
     try:
         strategy = run_evolution(run, cfg)
@@ -56,6 +56,12 @@ def main(argv=None) -> int:
     front = write_front(run, strategy)
     run.finish({"evolution/generations": strategy.generation, "evolution/front_size": len(front),
                 "evolution/kernels_bred": strategy.n_asked})
+    names = strategy.objectives
+    if front:
+        print_front(front, names, f"Pareto front ({names[0]} x {names[1]}, {len(front)} kernels): {run.dir / 'front'}/")
+    else:
+        print(f"{PROG}: no kernel succeeded within the budget")
+    print(f"continue with: python {PROG} --resume {run.dir} budget.evaluations={cfg.budget.evaluations * 2}")
     return 0
 
 

@@ -30,7 +30,7 @@ from evolution.operators import (
     sel_tournament,
     sel_tournament_dcd,
 )
-from evolution.report import front_rows, non_dominated, plot_pareto, write_front
+from evolution.report import front_rows, non_dominated, plot_pareto, print_front, write_front
 
 __all__ = [
     "ALGORITHMS",
@@ -58,6 +58,7 @@ __all__ = [
     "non_dominated",
     "objective_names",
     "plot_pareto",
+    "print_front",
     "run_evolution",
     "sel_tournament",
     "sel_tournament_dcd",

@@ -13,7 +13,7 @@ Pseudocode of :func:`run_evolution` (one generation per pass; DEAP's
     population <- `population` random kernels, evaluated as one batch     # generation 0
     while evaluations and seconds remain (and generation <= `generations` if set):
         offspring <- [strategy.ask() for `offspring` times]    # varied, decoded, novel kernels
-        results   <- toolbox.map(phenotype, offspring)          # ONE evaluate_many: workers stay busy
+        results   <- toolbox.map(phenotype, offspring)          # evaluate_many, `workers` at a time
         strategy.tell(child, result) for each                   # survivor selection inside
         logbook.record(statistics of the population); log it against evaluations done
         checkpoint(strategy state, budget, leaderboard)
@@ -47,6 +47,7 @@ from deap import base, tools
 from agents.random_sampler import RandomSampler
 from evolution.genome import FitnessMax, FitnessPareto, Individual
 from evolution.operators import cx_one_point, cx_two_point, mut_step, sel_tournament, sel_tournament_dcd
+from evolution.report import generation_metrics
 from kasrl.errors import ConfigError, KasrlError
 from kasrl.eval.base import EvalResult
 from kasrl.experiment.budget import BudgetExhausted
@@ -312,7 +313,8 @@ class EvolutionStrategy(Strategy):
         """
         if state.get("algorithm") != self.name:
             raise ConfigError(f"`algorithm` is {self.name!r} but the checkpoint was written by {state.get('algorithm')!r}")
-        self.rng.setstate(state["rng"])
+        rng = state["rng"]
+        self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))  # a tuple again after a JSON round trip
         self.n_asked, self.n_told, self.generation = state["n_asked"], state["n_told"], state["generation"]
         self.seen = set(state["seen"])
         self.best.load_state_dict(state["best"])
@@ -333,10 +335,12 @@ class EvolutionStrategy(Strategy):
 
 
 class AgingEvolution(EvolutionStrategy):
-    """Regularised evolution (Real et al., "Regularized Evolution for Image Classifier
-    Architecture Search", arXiv 1802.01548): a FIFO population; each child mutates the best
-    of ``sample`` individuals drawn at random; the OLDEST individual is removed, whatever
-    its fitness, so a lucky kernel cannot dominate forever.
+    """Regularised (aging) evolution: remove the oldest, whatever its fitness.
+
+    Real et al., "Regularized Evolution for Image Classifier Architecture Search"
+    (arXiv 1802.01548): a FIFO population; each child mutates the best of ``sample``
+    individuals drawn at random; the OLDEST individual is removed, so a lucky kernel
+    cannot dominate forever.
 
     ``removed`` holds the uids of the individuals removed so far (oldest first).
     """
@@ -350,6 +354,7 @@ class AgingEvolution(EvolutionStrategy):
 
     @property
     def population(self) -> list:
+        """The FIFO population, oldest first."""
         return list(self.queue)
 
     def _breed(self) -> Individual:
@@ -380,6 +385,7 @@ class _Generational(EvolutionStrategy):
 
     @property
     def population(self) -> list:
+        """The parents (the survivors of the last selection)."""
         return list(self.parents)
 
     def _breed(self) -> Individual:
@@ -406,18 +412,23 @@ class _Generational(EvolutionStrategy):
             self.children = []
 
     def _population_state(self) -> dict:
-        return {"parents": [ind.to_dict() for ind in self.parents], "children": [ind.to_dict() for ind in self.children]}
+        return {"parents": [ind.to_dict() for ind in self.parents], "children": [ind.to_dict() for ind in self.children],
+                "crowding": [getattr(ind.fitness, "crowding_dist", None) for ind in self.parents]}  # NSGA-II's tournaments read it
 
     def _load_population(self, state: dict) -> None:
         self.parents = [Individual.from_dict(d, self.fitness_class) for d in state["parents"]]
         self.children = [Individual.from_dict(d, self.fitness_class) for d in state["children"]]
-        if self.parents and self.fitness_class is FitnessPareto:
-            self.parents = self.toolbox.select(self.parents, len(self.parents))  # crowding distances are not saved
+        for ind, dist in zip(self.parents, state["crowding"], strict=True):
+            if dist is not None:
+                ind.fitness.crowding_dist = dist
 
 
 class MuPlusLambda(_Generational):
-    """A (mu + lambda) GA (DEAP ``eaMuPlusLambda``): tournament parents, crossover or mutation,
-    and the best ``population`` of parents and children survive (``tools.selBest``)."""
+    """A (mu + lambda) genetic algorithm (DEAP ``eaMuPlusLambda``).
+
+    Tournament parents, crossover or mutation, and the best ``population`` of parents
+    and children survive (``tools.selBest``).
+    """
 
     name = "mu_plus_lambda"
 
@@ -428,9 +439,12 @@ class MuPlusLambda(_Generational):
 
 
 class NSGA2(_Generational):
-    """NSGA-II (Deb et al. 2002) on the two objectives ``(speedup, accuracy)`` (analytic:
-    ``(1/flops_ratio, params_ratio)``): binary tournaments on dominance and crowding pick
-    parents, and ``tools.selNSGA2`` picks survivors from parents and children."""
+    """NSGA-II (Deb et al. 2002) on the two objectives.
+
+    The objectives are ``(speedup, accuracy)`` (analytic: ``(1/flops_ratio, params_ratio)``).
+    Binary tournaments on dominance and crowding pick parents, and ``tools.selNSGA2``
+    picks survivors from parents and children.
+    """
 
     name = "nsga2"
     fitness_class = FitnessPareto
@@ -456,26 +470,26 @@ def make_strategy(algorithm: str, space: SearchSpace, options: EvolutionOptions 
     return _CLASSES[algorithm](space, options, seed, objectives, top_k)
 
 
-def evaluator_map(evaluator):
-    """A ``toolbox.map`` that sends a whole generation to ``evaluator.evaluate_many`` in one call,
-    so parallel workers stay busy. ``func`` turns an item into its kernel; the result list
-    covers the first ``min(len(items), remaining budget)`` items."""
+def evaluator_map(evaluator, chunk: int = 0):
+    """A ``toolbox.map`` that sends a generation to ``evaluator.evaluate_many``, ``chunk`` kernels per call.
+
+    ``chunk`` = the number of workers keeps every worker busy while the clock is checked
+    before each round (``evaluate_many`` checks it once per call); 0 sends everything at
+    once. ``func`` turns an item into its kernel. The results cover the items evaluated
+    before the budget ran out (a prefix); BudgetExhausted only when none was.
+    """
 
     def map_(func, items):
-        return evaluator.evaluate_many([func(x) for x in items])
+        kernels = [func(x) for x in items]
+        step = chunk or max(len(kernels), 1)
+        results: list = []
+        for i in range(0, len(kernels), step):
+            if results and evaluator.exhausted:
+                break
+            results += evaluator.evaluate_many(kernels[i : i + step])
+        return results
 
     return map_
-
-
-def _metrics(record: dict, objectives: tuple) -> dict:
-    """A Logbook record as namespaced scalars for the tracker."""
-    out = {"evolution/generation": record["gen"], "evolution/front_size": record["front"], "evolution/repairs": record["repairs"],
-           "evolution/best_reward": record["best"], "evolution/nevals": record["nevals"]}
-    for name in ("reward", *objectives):
-        for stat, v in (record.get(name) or {}).items():
-            if stat in ("mean", "std", "min", "max"):
-                out[f"evolution/{name}_{stat}"] = float(v)
-    return out
 
 
 def run_evolution(run, cfg: EvolveConfig, verbose: bool = True) -> EvolutionStrategy:
@@ -492,7 +506,7 @@ def run_evolution(run, cfg: EvolveConfig, verbose: bool = True) -> EvolutionStra
     if state is not None:
         strategy.load_state_dict(state)
     ev, tb = run.evaluator, strategy.toolbox
-    tb.register("map", evaluator_map(ev))
+    tb.register("map", evaluator_map(ev, chunk=cfg.workers))
     run.start_progress()
     cap = cfg.evolution.generations
     while not ev.exhausted and (not cap or strategy.generation <= cap):
@@ -501,10 +515,10 @@ def run_evolution(run, cfg: EvolveConfig, verbose: bool = True) -> EvolutionStra
             results = tb.map(tb.phenotype, [p.meta["individual"] for p in offspring])
         except BudgetExhausted:
             break
-        for proposal, result in zip(offspring, results):
+        for proposal, result in zip(offspring, results, strict=False):  # fewer results once the budget is spent
             strategy.tell(proposal, result)
         record = strategy.record_generation(ev.spent, len(results))
-        run.tracker.log(_metrics(record, strategy.objectives), step=ev.spent)
+        run.tracker.log(generation_metrics(record, strategy.objectives), step=ev.spent)
         if verbose:
             from tqdm import tqdm
 

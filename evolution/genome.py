@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from deap import base
@@ -91,7 +91,7 @@ class Individual(list):
         self.objectives: tuple | None = None
         self.ok = False
 
-    def clone(self) -> "Individual":
+    def clone(self) -> Individual:
         """A copy that shares the (immutable, finished) kernel instead of copying it."""
         twin = Individual(self, type(self.fitness))
         if self.fitness.valid:
@@ -100,7 +100,7 @@ class Individual(list):
             setattr(twin, k, getattr(self, k))
         return twin
 
-    def __deepcopy__(self, memo) -> "Individual":  # HallOfFame / ParetoFront insert deep copies
+    def __deepcopy__(self, memo) -> Individual:  # HallOfFame / ParetoFront insert deep copies
         return self.clone()
 
     def __reduce__(self):  # pickled without the kernel: a canonical genome replays exactly
@@ -113,7 +113,7 @@ class Individual(list):
                 "objectives": list(self.objectives) if self.objectives is not None else None, "ok": self.ok}
 
     @classmethod
-    def from_dict(cls, d: dict, fitness_class: type = FitnessMax) -> "Individual":
+    def from_dict(cls, d: dict, fitness_class: type = FitnessMax) -> Individual:
         """Restore :meth:`to_dict` (``kernel`` stays None)."""
         ind = cls(d["actions"], fitness_class)
         if d["fitness"] is not None:
@@ -148,6 +148,9 @@ def choose_legal(space: SearchSpace, graph: KernelGraph, rng: random.Random, fam
     """A seeded draw among the legal actions of ``graph`` (None when there is none).
 
     Args:
+        space: the search space.
+        graph: the state to draw an action for.
+        rng: the source of the draw.
         family_first: draw a primitive family uniformly, then one of its legal actions
             (uniform over actions would mostly draw convolutions).
         allow_finish: let the draw be the finish action (kept only when nothing else is legal).

@@ -29,7 +29,7 @@ True
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from evolution.genome import Decoded, choose_legal, decode, decode_steps, finish_decoding
 from kasrl.space import SearchSpace
@@ -65,8 +65,10 @@ def _assign(ind, decoded: Decoded, origin: str):
 
 
 def _splice(space: SearchSpace, body: list, p: int, new_at_p, skip: int, rng: random.Random, family_first: bool) -> Decoded:
-    """Decode ``body[:p] + [choice] + body[p + skip:]`` where ``choice`` is drawn by ``new_at_p(state)``
-    in the state the prefix reaches (None: insert nothing)."""
+    """Decode ``body[:p] + [choice] + body[p + skip:]``.
+
+    ``choice`` is drawn by ``new_at_p(state)`` in the state the prefix reaches (None: insert nothing).
+    """
     g, taken, repairs, done = decode_steps(space, space.reset(), body[:p], rng, family_first)
     rest = body[p + skip :]
     if done:
@@ -173,8 +175,10 @@ def cx_two_point(ind1, ind2, space: SearchSpace, rng: random.Random, family_firs
 
 
 def sel_tournament(individuals: Sequence, k: int, tournsize: int, rng: random.Random, fit_attr: str = "fitness") -> list:
-    """DEAP's ``selTournament`` with a seeded RNG and aspirants drawn without replacement
-    (Real et al.'s "sample S individuals"); ties go to the earlier aspirant.
+    """DEAP's ``selTournament`` with a seeded RNG.
+
+    Aspirants are drawn without replacement (Real et al.'s "sample S individuals");
+    ties go to the earlier aspirant.
 
     Returns:
         ``k`` references into ``individuals``.
@@ -184,9 +188,10 @@ def sel_tournament(individuals: Sequence, k: int, tournsize: int, rng: random.Ra
 
 
 def sel_tournament_dcd(individuals: Sequence, k: int, rng: random.Random) -> list:
-    """Binary tournaments on Pareto dominance, then crowding distance (DEAP's ``selTournamentDCD``
-    semantics without its multiple-of-four restriction). Needs ``fitness.crowding_dist``, which
-    ``tools.selNSGA2`` assigns.
+    """Binary tournaments on Pareto dominance, then crowding distance.
+
+    DEAP's ``selTournamentDCD`` semantics without its multiple-of-four restriction.
+    Needs ``fitness.crowding_dist``, which ``tools.selNSGA2`` assigns.
 
     Returns:
         ``k`` references into ``individuals``.

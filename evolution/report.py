@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-__all__ = ["front_rows", "non_dominated", "plot_pareto", "write_front"]
+__all__ = ["front_rows", "generation_metrics", "non_dominated", "plot_pareto", "write_front", "print_front"]
 
 _LABELS = {"speedup": "speedup vs the 3x3 conv network (x)", "accuracy": "test accuracy (%)",
-           "inv_flops_ratio": "1 / FLOPs ratio vs 3x3 conv (analytic speed)", "params_ratio": "parameter ratio vs 3x3 conv (analytic capacity)"}
+           "inv_flops_ratio": "1 / FLOPs ratio vs 3x3 conv (analytic speed)",
+           "params_ratio": "parameter ratio vs 3x3 conv (analytic capacity)"}
 
 
 def non_dominated(points: Sequence[tuple]) -> list:
@@ -30,6 +31,17 @@ def non_dominated(points: Sequence[tuple]) -> list:
     for i, p in enumerate(points):
         if not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in points):
             out.append(i)
+    return out
+
+
+def generation_metrics(record: dict, objectives: tuple) -> dict:
+    """A generation's Logbook record as namespaced scalars for the tracker (``evolution/reward_max``...)."""
+    out = {"evolution/generation": record["gen"], "evolution/front_size": record["front"], "evolution/repairs": record["repairs"],
+           "evolution/best_reward": record["best"], "evolution/nevals": record["nevals"]}
+    for name in ("reward", *objectives):
+        for stat, v in (record.get(name) or {}).items():
+            if stat in ("mean", "std", "min", "max"):
+                out[f"evolution/{name}_{stat}"] = float(v)
     return out
 
 
@@ -51,6 +63,8 @@ def plot_pareto(points: Sequence[tuple], front: Sequence[tuple], objectives: tup
         points: ``(objective 0, objective 1)`` of every successful evaluation.
         front: the non-dominated points.
         objectives: the two objectives' names (axis labels).
+        path: the PNG to write.
+        title: the plot's title.
     """
     import matplotlib
 
@@ -59,10 +73,10 @@ def plot_pareto(points: Sequence[tuple], front: Sequence[tuple], objectives: tup
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
     if points:
-        xs, ys = zip(*points)
+        xs, ys = zip(*points, strict=True)
         ax.scatter(xs, ys, s=18, c="#9aa0a6", alpha=0.7, label=f"evaluated ({len(points)})")
     if front:
-        fx, fy = zip(*sorted(front, key=lambda p: (p[0], -p[1])))
+        fx, fy = zip(*sorted(front, key=lambda p: (p[0], -p[1])), strict=True)
         ax.step(fx, fy, where="pre", c="#d62728", lw=1.0, alpha=0.6)
         ax.scatter(fx, fy, s=42, c="#d62728", edgecolors="black", linewidths=0.5, label=f"Pareto front ({len(front)})", zorder=3)
     if objectives[0] in ("speedup", "inv_flops_ratio"):
@@ -81,15 +95,12 @@ def plot_pareto(points: Sequence[tuple], front: Sequence[tuple], objectives: tup
     return path
 
 
-def write_front(run, strategy, console_width: int = 120) -> list:
-    """Write the front's kernels, the table, the scatter and the logbook; log them; print the table.
+def write_front(run, strategy) -> list:
+    """Write the front's kernels, the table, the scatter and the logbook, and log them (before ``run.finish``).
 
     Returns:
         The front's rows (see :func:`front_rows`).
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from kasrl.codegen.draw import draw_kernel
     from kasrl.codegen.source import kernel_source
     from kasrl.ir.serialize import save_kernel
@@ -120,11 +131,18 @@ def write_front(run, strategy, console_width: int = 120) -> list:
     run.tracker.log_image("search/pareto", png, caption=f"{names[0]} vs {names[1]}")
     (run.dir / "logbook.txt").write_text(str(strategy.logbook) + "\n")
 
-    table = Table(title=f"Pareto front of {run.name} ({names[0]} x {names[1]}), written to {fdir}/")
-    for col in ("rank", "kernel", names[0], names[1], "reward", "primitives", "born"):
+    return rows
+
+
+def print_front(rows: list, objectives: tuple, title: str, width: int = 120) -> None:
+    """Print the front's rows as a table (after the progress bar has closed)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("rank", "kernel", objectives[0], objectives[1], "reward", "primitives", "born"):
         table.add_column(col, justify="right")
     for rank, row in enumerate(rows, 1):
-        table.add_row(str(rank), row["hash"], f"{row[names[0]]:.3f}", f"{row[names[1]]:.3f}", f"{row['reward']:.3f}",
+        table.add_row(str(rank), row["hash"], f"{row[objectives[0]]:.3f}", f"{row[objectives[1]]:.3f}", f"{row['reward']:.3f}",
                       str(row["primitives"]), f"#{row['uid']} ({row['origin']})")
-    Console(width=console_width).print(table)
-    return rows
+    Console(width=width).print(table)

@@ -98,14 +98,18 @@ class Evaluator(ABC):
         return [self.evaluate(k) for k in kernels]
 
 
+FLOOR = 1e-2  # the analytic reward's floor on FLOPs and parameter ratios
+
+
 class AnalyticEvaluator(Evaluator):
     """Reward from FLOPs and parameter ratios alone (no training, no timing).
 
     ``reward = log(1 / flops_ratio) + capacity * log(params_ratio)``, with both
     ratios taken against a 3x3 convolution and averaged (geometrically) over the
-    placements, and ``params_ratio`` floored at ``1e-3``. It prefers kernels that
-    do little arithmetic yet keep learnable weights: a cheap stand-in for "fast
-    and accurate", useful to check that a search learns.
+    placements, and both floored at ``1e-2`` (so a kernel that does almost no
+    arithmetic — no channel mixing — cannot run away with the reward). It prefers
+    kernels that do little arithmetic yet keep learnable weights: a cheap
+    stand-in for "fast and accurate", useful to check that a search learns.
 
     Args:
         placements: where the kernel is used (the ratios are averaged over them).
@@ -128,16 +132,16 @@ class AnalyticEvaluator(Evaluator):
             reports = [cost_report(kernel, p) for p in self.placements]
         except Exception as e:  # a kernel that cannot even be costed
             return failure(Status.BUILD_ERROR, f"{type(e).__name__}: {e}", fidelity=self.fidelity)
-        fr = math.exp(sum(math.log(max(r["flops_ratio"], 1e-6)) for r in reports) / len(reports))
-        pr = math.exp(sum(math.log(max(r["params_ratio"], 1e-3)) for r in reports) / len(reports))
-        reward = -math.log(max(fr, 1e-6)) + self.capacity * math.log(pr)
+        fr = math.exp(sum(math.log(max(r["flops_ratio"], FLOOR)) for r in reports) / len(reports))
+        pr = math.exp(sum(math.log(max(r["params_ratio"], FLOOR)) for r in reports) / len(reports))
+        reward = -math.log(fr) + self.capacity * math.log(pr)
         metrics = {"flops_ratio": fr, "params_ratio": pr, "n_primitives": kernel.n_primitives}
         seconds = time.perf_counter() - start
         return EvalResult(
             status=Status.OK,
             reward=float(reward),
             metrics=metrics,
-            objectives=(1.0 / max(fr, 1e-6), pr),
+            objectives=(1.0 / fr, pr),
             stages={"analytic": {"outcome": "ok", "seconds": seconds}},
             kernel_hash=h,
             fidelity=self.fidelity,

@@ -214,6 +214,8 @@ class ActionTable:
         acts += [Action("binary", t, p) for t in self.binary for p in self.pairs]
         self.actions = acts
         self.index = {a: i for i, a in enumerate(acts)}
+        self.template_index = {t: i for i, t in enumerate(self.unary)}
+        self.template_index.update({t: i for i, t in enumerate(self.binary)})
         self.families = sorted({a.family for a in acts})
 
     def __len__(self) -> int:

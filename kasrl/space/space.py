@@ -128,6 +128,7 @@ class SearchSpace:
                 entry = groups.setdefault(pr.eid, (pr, [], []))
                 entry[1 if prim.commutative else 2].append(t_idx)
             by_template = {t: pr for pr, c, n in groups.values() for t in c + n}
+            by_template.update({t: None for t in trivial})  # trivial: applies, nothing to check
             hit = (
                 np.array(trivial, dtype=np.int64),
                 [(pr, np.array(c, dtype=np.int64), np.array(n, dtype=np.int64)) for pr, c, n in groups.values()],
@@ -200,8 +201,49 @@ class SearchSpace:
         return mask
 
     def is_legal(self, graph: KernelGraph, action: int) -> bool:
-        """True when ``action`` is allowed in ``graph``."""
-        return 0 <= action < len(self.table) and bool(self.action_mask(graph)[action])
+        """True when ``action`` is allowed in ``graph`` (checks that one action only)."""
+        return 0 <= action < len(self.table) and self._single(graph, action)[0]
+
+    def _single(self, graph: KernelGraph, action: int) -> tuple:
+        """``(legal, successor entry)`` of one action, without the whole mask (cached on the graph).
+
+        The entry is ``(Prepared, oracle result)``, or None for fork, finish and
+        trivial actions (the witness carries over)."""
+        cache = graph.__dict__.setdefault("_single", {})
+        hit = cache.get(action)
+        if hit is not None:
+            return hit
+        act = self.table[action]
+        cfg = self.config
+        ops = act.operands
+        out = (False, None)
+        if act.kind == "finish":
+            out = (graph.steps >= cfg.min_steps, None)
+        elif graph.steps >= cfg.max_steps or any(i >= graph.width for i in ops):
+            out = (False, None)
+        elif act.kind == "fork":
+            out = (graph.width < cfg.max_width, None)
+        elif not (act.kind == "binary" and act.prim.commutative and ops[0] > ops[1]):
+            shapes = tuple(graph.branch_shape(i) for i in ops)
+            _, _, by_template = self._applicable(shapes)
+            t_idx = self.table.template_index[act.prim]
+            pr = by_template.get(t_idx)
+            if t_idx not in by_template:
+                out = (False, None)  # does not apply to these shapes
+            elif pr is not None:
+                mask = getattr(graph, "_mask", None)
+                key = (ops[0] if act.kind == "unary" else ops, pr.eid)
+                if mask is not None:
+                    res = graph._succ.get(key)
+                else:
+                    flags = [shape_flags(graph.branch_shape(i)) for i in range(graph.width)]
+                    counts = [sum(f[k] for f in flags) for k in range(3)]
+                    res = self._verdict(graph, pr, ops, counts, flags)
+                out = (res is not None, None if res is None else (pr, res[1] if mask is not None else res))
+            else:
+                out = (True, None)
+        cache[action] = out
+        return out
 
     def apply(self, graph: KernelGraph, action: int, in_place: bool = False) -> KernelGraph:
         """The state after taking ``action`` (a new graph unless ``in_place``).
@@ -219,16 +261,10 @@ class SearchSpace:
         act = self.table[action]
         if act.kind == "finish":
             return self.finish(graph)
-        entry = None
-        if act.kind in ("unary", "binary"):
-            shapes = tuple(graph.branch_shape(i) for i in act.operands)
-            templates = self.table.unary if act.kind == "unary" else self.table.binary
-            pr = self._applicable(shapes)[2].get(templates.index(act.prim))
-            if pr is not None:  # None: a trivial action, the witness carries over
-                entry = graph._succ[(act.operands[0] if act.kind == "unary" else act.operands, pr.eid)]
+        entry = self._single(graph, action)[1]
         witness, costs, domains = graph._witness, graph._witness_costs, getattr(graph, "_domains", None)
         g = graph if in_place else graph.copy()
-        for attr in ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb"):
+        for attr in ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb", "_single"):
             g.__dict__.pop(attr, None)
         if act.kind == "fork":
             g.fork(act.operands[0])
@@ -285,7 +321,7 @@ class SearchSpace:
             raise IllegalAction(f"cannot finish yet: {graph.steps} actions taken, at least {self.config.min_steps} needed")
         witness = graph._witness
         g = graph.copy()
-        for attr in ("_mask", "_succ", "_system", "_domains", "_lb"):
+        for attr in ("_mask", "_succ", "_system", "_domains", "_lb", "_single"):
             g.__dict__.pop(attr, None)
         if self._close(g, objective):
             return g
