@@ -16,20 +16,19 @@ all against the evaluations done. Bad input prints one line and exits with statu
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 PROG = "train_agent.py"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "ppo.yaml"
-AGENT_FILE = "ppo_agent.zip"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``train_agent.py`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from agents.ppo import PPOConfig
     from kasrl.errors import KasrlError
     from kasrl.experiment.cli import fail, parse_cli
-
-    from agents.ppo import PPOConfig
 
     # -- 1. config: defaults < YAML (or the run folder's saved config) < key=value -------------
     try:
@@ -47,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     # -- 3. the run: folder, store, tracker, search space, budgeted evaluator ------------------
     from kasrl.experiment.run import Run
 
+    # wandb mistakes our `agents` package for OpenAI's and prints an ad for Weave; keep it quiet
+    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
+
     try:
         run = Run(cfg, "ppo", resume_dir=resume)
     except KasrlError as e:
@@ -59,43 +61,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(run, cfg, resume: str | None) -> int:
-    from stable_baselines3.common.callbacks import CallbackList
+    from agents.ppo import AGENT_FILE, search
 
-    from agents.callbacks import BestMetrics, RunCheckpoint, StopOnBudget, TrainMetrics
-    from agents.ppo import agent_state, make_agent, make_vec_env, restore_agent
-
-    opts = cfg.ppo
     ev = run.evaluator
-
-    # -- 4. envs sharing the run's search space and budget; a fresh or restored agent ----------
-    state = run.load_checkpoint() if resume else None
-    venv = make_vec_env(run.space, ev, opts.n_envs, cfg.seed + ev.spent)
-    agent = restore_agent(state, venv, opts) if state else make_agent(venv, opts, cfg.seed)
-    print(f"{PROG}: {run.name}: {cfg.fidelity} fidelity on {run.task.name}, {opts.policy} policy, {opts.n_envs} envs; "
+    print(f"{PROG}: {run.name}: {cfg.fidelity} fidelity on {run.task.name}, {cfg.ppo.policy} policy, {cfg.ppo.n_envs} envs; "
           f"budget {cfg.budget.evaluations} evaluations / {cfg.budget.seconds:.0f} s, {ev.spent} spent", flush=True)
-
-    # -- 5. callbacks: stop at the budget, metrics to wandb, checkpoints ----------------------
-    def save() -> None:
-        run.save_checkpoint(agent_state(agent, opts))
-        agent.save(run.dir / AGENT_FILE)
-
-    ev.callbacks.append(BestMetrics(run.tracker, run.top.best()))
-    run.start_progress()
-    spent = lambda: ev.spent  # noqa: E731
-    callbacks = CallbackList([StopOnBudget(ev), TrainMetrics(run.tracker, spent), RunCheckpoint(save, spent, opts.checkpoint_every)])
-
-    # -- 6. learn until the budget is spent (each finished episode is one evaluation) ----------
     interrupted = False
+    agent = None
     try:
-        if not ev.exhausted:
-            agent.learn(total_timesteps=2**62, callback=callbacks, reset_num_timesteps=state is None)
+        agent = search(run, cfg, resume=resume is not None)
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\n{PROG}: interrupted; saving a checkpoint", file=sys.stderr)
-
-    # -- 7. checkpoint, leaderboard, kernels --------------------------------------------------
-    save()
-    rows = run.finish({"train/env_steps": agent.num_timesteps, "train/updates": agent._n_updates})
+        print(f"\n{PROG}: interrupted; checkpoint saved", file=sys.stderr)
+    rows = run.finish({"train/env_steps": agent.num_timesteps} if agent is not None else None)
     if not rows:
         print(f"{PROG}: no kernel succeeded within the budget")
     print(f"agent: {run.dir / AGENT_FILE}; continue with: python {PROG} --resume {run.dir} budget.evaluations={cfg.budget.evaluations * 2}")

@@ -15,7 +15,8 @@ A run callback (``kasrl.experiment.budget.Callback``, ``on_result(record) -> boo
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 

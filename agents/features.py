@@ -1,4 +1,4 @@
-"""A features extractor for the kernel-construction env's graph observation.
+"""The graph policy's networks: a features extractor for the graph observation and a factored action head.
 
 The observation (see :class:`envs.kernel_construction.KernelConstructionEnv`) is a
 ``Dict`` of padded arrays: ``nodes [N, F]``, ``adjacency [N, N]`` (1 where column
@@ -28,12 +28,15 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-__all__ = ["GraphFeaturesExtractor"]
+__all__ = ["GraphFeaturesExtractor", "FactoredActionHead", "action_index"]
 
 _KEYS = ("nodes", "adjacency", "node_mask", "branches", "budget")
 
@@ -84,3 +87,58 @@ class GraphFeaturesExtractor(BaseFeaturesExtractor):
         open_branches = th.bmm(branches, h)  # [B, W, H]
         flags = branches.sum(-1)  # [B, W]: 1 for an open branch
         return th.cat([pooled, open_branches.flatten(1), flags, budget], dim=-1)
+
+
+def action_index(space: Any) -> np.ndarray:
+    """What each action of ``space``'s table is made of: ``[n_actions, 4]`` int64 codes.
+
+    Columns: family, template (the primitive with its attributes), first operand
+    branch, second operand branch (``-1`` where an action has none). Finish and
+    fork are families of their own; fork's branch is its first operand.
+    """
+    families: dict = {}
+    templates: dict = {}
+    rows = []
+    for act in space.table.actions:
+        fam = families.setdefault(act.family, len(families))
+        name = act.kind if act.prim is None else act.prim.label()
+        tmpl = templates.setdefault((act.kind, name), len(templates))
+        ops = list(act.operands[:2]) + [-1] * (2 - len(act.operands[:2]))
+        rows.append([fam, tmpl, *ops])
+    return np.asarray(rows, dtype=np.int64)
+
+
+class FactoredActionHead(nn.Module):
+    """Action logits that share what actions have in common (their family, template and operands).
+
+    ``logits = flat(latent) + latent . (E_family[a] + E_template[a] + E_op1[a] + E_op2[a])``.
+    The flat part is the usual per-action linear head; the shared part lets one
+    episode's outcome move every action of the same family or template at once
+    (the table has thousands of actions: a convolution template on each branch
+    is a separate action), which is what makes learning from a few hundred
+    episodes possible. Both parts start near zero, so the first policy is close
+    to uniform over legal actions.
+
+    Args:
+        latent_dim: width of the policy's latent vector (units).
+        index: :func:`action_index` of the env's search space.
+    """
+
+    def __init__(self, latent_dim: int, index: np.ndarray) -> None:
+        super().__init__()
+        index = th.as_tensor(np.asarray(index), dtype=th.long)
+        if index.ndim != 2 or index.shape[1] != 4:
+            raise ValueError(f"`index` must be [n_actions, 4] codes from action_index(), got shape {tuple(index.shape)}")
+        self.register_buffer("index", index + 1, persistent=False)  # 0: no operand
+        self.flat = nn.Linear(latent_dim, index.shape[0])
+        nn.init.orthogonal_(self.flat.weight, gain=0.01)  # as SB3 initialises its action head
+        nn.init.zeros_(self.flat.bias)
+        sizes = [int(index[:, k].max()) + 2 for k in range(4)]
+        self.parts = nn.ModuleList(nn.Embedding(n, latent_dim) for n in sizes)
+        for emb in self.parts:
+            nn.init.normal_(emb.weight, std=0.01)
+
+    def forward(self, latent: th.Tensor) -> th.Tensor:
+        """Logits ``[B, n_actions]`` from the policy's latent ``[B, latent_dim]``."""
+        actions = sum(emb(self.index[:, k]) for k, emb in enumerate(self.parts))  # [n_actions, latent_dim]
+        return self.flat(latent) + latent @ actions.T

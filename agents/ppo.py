@@ -23,18 +23,21 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
-from gymnasium import spaces
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.features import GraphFeaturesExtractor
+from agents.features import FactoredActionHead, GraphFeaturesExtractor, action_index
 from kasrl.errors import ConfigError
+from kasrl.eval.base import EvalResult, Evaluator
 from kasrl.experiment.config import RunConfig
+from kasrl.ir.canonical import kernel_hash
+from kasrl.ir.graph import KernelGraph
 
 __all__ = [
     "PPOOptions",
@@ -42,11 +45,17 @@ __all__ = [
     "GraphPolicy",
     "KernelPPO",
     "BudgetGuard",
+    "RepeatPenalty",
+    "PendingResult",
+    "EvaluateTogetherVecEnv",
     "make_vec_env",
     "make_agent",
     "agent_state",
     "restore_agent",
+    "search",
 ]
+
+AGENT_FILE = "ppo_agent.zip"
 
 SelfKernelPPO = TypeVar("SelfKernelPPO", bound="KernelPPO")
 POLICIES = {"graph": "GraphPolicy", "mlp": "MultiInputPolicy"}
@@ -81,6 +90,8 @@ class PPOOptions:
     """Message-passing rounds of the graph policy (hops)."""
     policy: str = "graph"
     """graph (message passing over the kernel graph) | mlp (an MLP over the flattened padded arrays)."""
+    repeat_penalty: float = 1.0
+    """Subtracted from the reward of an episode whose kernel the run already evaluated (reward units; 0: off)."""
     checkpoint_every: int = 10
     """Evaluations between checkpoints (0: only at the end)."""
 
@@ -118,25 +129,45 @@ class PPOConfig(RunConfig):
             raise ConfigError(f"`ppo.ent_coef` must be >= 0 and `ppo.clip_range` > 0, got {p.ent_coef} and {p.clip_range}")
         if p.policy not in POLICIES:
             raise ConfigError(f"`ppo.policy` must be one of {sorted(POLICIES)}, got {p.policy!r}")
+        if p.repeat_penalty < 0:
+            raise ConfigError(f"`ppo.repeat_penalty` must be >= 0, got {p.repeat_penalty}")
         if p.checkpoint_every < 0:
             raise ConfigError(f"`ppo.checkpoint_every` must be >= 0, got {p.checkpoint_every}")
 
 
 # -- policy and algorithm --------------------------------------------------------------------
 class GraphPolicy(MaskableMultiInputActorCriticPolicy):
-    """``MaskableMultiInputActorCriticPolicy`` whose features come from :class:`GraphFeaturesExtractor`.
+    """A masked actor-critic over the kernel graph: :class:`GraphFeaturesExtractor` -> MLPs -> logits, value.
 
-    Takes the parent's arguments; ``features_extractor_class`` defaults to the graph network.
+    Takes the parent's arguments; ``features_extractor_class`` defaults to the
+    graph network. With ``action_index`` (:func:`~agents.features.action_index`
+    of the env's search space) the action head is a
+    :class:`~agents.features.FactoredActionHead`, which shares what actions of
+    the same family, template or operand have in common.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, action_index: np.ndarray | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("features_extractor_class", GraphFeaturesExtractor)
+        object.__setattr__(self, "action_index", None if action_index is None else np.asarray(action_index, dtype=np.int16))
         super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        if self.action_index is not None:
+            if len(self.action_index) != self.action_space.n:
+                raise ValueError(f"`action_index` has {len(self.action_index)} rows for {self.action_space.n} actions")
+            self.action_net = FactoredActionHead(self.mlp_extractor.latent_dim_pi, self.action_index)
+            self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict:
+        return {**super()._get_constructor_parameters(), "action_index": self.action_index}
 
 
 class KernelPPO(MaskablePPO):
     """``MaskablePPO`` with defaults for expensive, end-of-episode rewards.
 
+    PPO: Schulman et al. 2017, arXiv 1707.06347; invalid-action masking: Huang and
+    Ontañón 2020, arXiv 2006.14171; the algorithm is sb3-contrib's, unchanged.
     Rewards cost seconds each, so rollouts are short (``n_steps`` per env) and
     updates small (a tiny network, few epochs). Masks are used at training time
     (sb3-contrib reads ``env.action_masks()``) and must be passed at prediction
@@ -254,7 +285,7 @@ class BudgetGuard(gym.Wrapper):
 
     Args:
         env: the kernel-construction env (possibly wrapped).
-        evaluator: the run's budgeted evaluator (``.exhausted``).
+        evaluator: the env's :class:`PendingResult` (its ``.exhausted`` counts a result waiting for this env).
     """
 
     def __init__(self, env: gym.Env, evaluator: Any) -> None:
@@ -288,17 +319,126 @@ class BudgetGuard(gym.Wrapper):
         return self._mask
 
 
-def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0) -> DummyVecEnv:
+class RepeatPenalty(gym.Wrapper):
+    """Lowers the reward of an episode that rebuilt a kernel the run has already evaluated.
+
+    Every evaluation costs budget, cache hits included, so a search policy that
+    settles on one kernel wastes the rest of its budget. Subtracting ``penalty``
+    from a repeat's reward makes PPO spread its probability around what it found
+    (the nearby kernels are new) instead of re-drawing it; on the analytic reward
+    this is what lets it climb out of a local optimum (see
+    ``bench/ppo_vs_random.py``). ``info["repeat"]`` says whether the kernel was
+    seen before.
+
+    Args:
+        env: the kernel-construction env (possibly wrapped).
+        seen: kernel hashes evaluated so far; shared by all envs of a run
+            (and filled from the history on resume).
+        penalty: subtracted from a repeat's reward (reward units; 0 turns it off).
+    """
+
+    def __init__(self, env: gym.Env, seen: set, penalty: float) -> None:
+        super().__init__(env)
+        self.seen = seen
+        self.penalty = penalty
+
+    def step(self, action: Any) -> tuple:
+        """Step the wrapped env; at the end of an episode, check the kernel against those seen."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        h = info.get("kernel_hash") if terminated else None
+        if h:
+            info["repeat"] = h in self.seen
+            if info["repeat"]:
+                reward = float(reward) - self.penalty
+            self.seen.add(h)
+        return obs, reward, terminated, truncated, info
+
+
+class PendingResult(Evaluator):
+    """One env's view of the run's evaluator: a result evaluated ahead of ``step`` is used once.
+
+    :class:`EvaluateTogetherVecEnv` evaluates the kernels of the episodes that
+    end on one step as a batch and leaves each env its result here; the env's
+    own ``evaluate`` call then takes it instead of spending another unit.
+
+    Args:
+        inner: the run's budgeted evaluator (shared by all envs).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.fidelity = inner.fidelity
+        self.pending: tuple | None = None  # (kernel hash, EvalResult)
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the budget is spent and no result is waiting for this env."""
+        return self.pending is None and self.inner.exhausted
+
+    def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        """The waiting result for ``kernel``, else a fresh evaluation."""
+        pending, self.pending = self.pending, None
+        if pending is not None and pending[0] == kernel_hash(kernel):
+            return pending[1]
+        return self.inner.evaluate(kernel)
+
+
+class EvaluateTogetherVecEnv(DummyVecEnv):
+    """A ``DummyVecEnv`` that evaluates the kernels of episodes ending on the same step concurrently.
+
+    Before stepping, it asks every env which kernel its action would finish
+    (``peek_kernel``) and sends those kernels to the run's evaluator in one
+    ``evaluate_many`` call, which an executor with several workers (process
+    pool, Ray) runs in parallel; then the envs step as usual and pick up their
+    results (:class:`PendingResult`). With one worker, or one ending episode,
+    it behaves exactly like ``DummyVecEnv``.
+
+    Args:
+        env_fns: env constructors; each env's evaluator must be a :class:`PendingResult` over ``evaluator``.
+        evaluator: the run's budgeted evaluator.
+    """
+
+    def __init__(self, env_fns: list, evaluator: Any) -> None:
+        super().__init__(env_fns)
+        self.evaluator = evaluator
+
+    def step_wait(self) -> tuple:
+        """Evaluate the ending episodes' kernels together, then step every env."""
+        self._evaluate_ending()
+        return super().step_wait()
+
+    def _evaluate_ending(self) -> None:
+        if self.evaluator.exhausted or len(self.envs) < 2:
+            return
+        ending = []
+        for env, action in zip(self.envs, self.actions):
+            base = env.unwrapped
+            kernel = base.peek_kernel(int(action))
+            if kernel is not None:
+                ending.append((base.evaluator, kernel))
+        if len(ending) < 2:
+            return
+        results = self.evaluator.evaluate_many([k for _, k in ending])  # up to the remaining budget
+        for (proxy, kernel), result in zip(ending, results):
+            proxy.pending = (kernel_hash(kernel), result)
+
+
+def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_penalty: float = 0.0) -> EvaluateTogetherVecEnv:
     """``n_envs`` kernel-construction envs sharing one search space and one budgeted evaluator.
 
-    Each env is ``BudgetGuard(Monitor(KernelConstruction-v0))``: the monitor
-    feeds SB3's episode statistics (``rollout/ep_rew_mean``).
+    Each env is ``BudgetGuard(RepeatPenalty(Monitor(KernelConstruction-v0)))``:
+    the monitor feeds SB3's episode statistics (``rollout/ep_rew_mean``, the
+    kernels' own rewards), the repeat penalty is what PPO learns from, and the
+    guard stops at the budget. Episodes that end on the same step are evaluated
+    together (:class:`EvaluateTogetherVecEnv`).
 
     Args:
         space: the run's :class:`~kasrl.space.SearchSpace` (its caches are shared).
-        evaluator: the run's budgeted evaluator (every env spends the same budget).
-        n_envs: number of envs (stepped one after the other).
+        evaluator: the run's budgeted evaluator (every env spends the same budget);
+            the kernels of its ``history`` count as seen.
+        n_envs: number of envs (stepped one after the other; their ending kernels evaluated together).
         seed: seed of the first env's first reset (the others get ``seed + i``).
+        repeat_penalty: see :class:`RepeatPenalty`.
 
     Raises:
         ValueError: when ``n_envs`` is below 1.
@@ -307,23 +447,35 @@ def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0) -> Dumm
 
     if n_envs < 1:
         raise ValueError(f"`n_envs` must be at least 1, got {n_envs}")
+    seen = {row["hash"] for row in getattr(evaluator, "history", ()) if row.get("hash")}
 
     def make() -> gym.Env:
-        return BudgetGuard(Monitor(gym.make(envs.ENV_ID, space=space, evaluator=evaluator)), evaluator)
+        own = PendingResult(evaluator)
+        env = Monitor(gym.make(envs.ENV_ID, space=space, evaluator=own))
+        return BudgetGuard(RepeatPenalty(env, seen, repeat_penalty), own)
 
-    venv = DummyVecEnv([make] * n_envs)
+    venv = EvaluateTogetherVecEnv([make] * n_envs, evaluator)
     venv.seed(seed)
     return venv
 
 
 # -- building, saving and restoring an agent --------------------------------------------------
+_TRAINING_KEYS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "clip_range")
+
+
 def _training_kwargs(opts: PPOOptions) -> dict:
-    return {k: getattr(opts, k) for k in ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "clip_range")}
+    return {k: getattr(opts, k) for k in _TRAINING_KEYS}
 
 
-def make_agent(venv: Any, opts: PPOOptions, seed: int = 0) -> KernelPPO:
-    """A fresh :class:`KernelPPO` on ``venv`` with the hyperparameters of ``opts``."""
-    return KernelPPO(POLICIES[opts.policy], venv, hidden=opts.hidden, rounds=opts.rounds, seed=seed, **_training_kwargs(opts))
+def make_agent(venv: Any, opts: PPOOptions, seed: int = 0, space: Any = None) -> KernelPPO:
+    """A fresh :class:`KernelPPO` on ``venv`` with the hyperparameters of ``opts``.
+
+    With the env's ``space``, the graph policy gets the factored action head.
+    """
+    kwargs = {}
+    if opts.policy == "graph" and space is not None:
+        kwargs["policy_kwargs"] = {"action_index": action_index(space)}
+    return KernelPPO(POLICIES[opts.policy], venv, hidden=opts.hidden, rounds=opts.rounds, seed=seed, **kwargs, **_training_kwargs(opts))
 
 
 def agent_state(agent: KernelPPO, opts: PPOOptions) -> dict:
@@ -351,10 +503,50 @@ def restore_agent(state: dict, venv: Any, opts: PPOOptions) -> KernelPPO:
     """
     for key in ("policy", "hidden", "rounds"):
         if state[key] != getattr(opts, key):
-            raise ConfigError(f"`ppo.{key}` is {getattr(opts, key)!r} but the checkpoint's agent has {state[key]!r}; the network cannot change on resume")
+            raise ConfigError(f"`ppo.{key}` is {getattr(opts, key)!r} but the checkpoint's agent has {state[key]!r}; "
+                              "the network cannot change on resume")
     agent = KernelPPO.load(io.BytesIO(state["model_zip"]), env=venv, device="cpu", **_training_kwargs(opts))
     rng = state["rng"]
     th.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
+    return agent
+
+
+# -- a whole search ---------------------------------------------------------------------------
+def search(run: Any, cfg: PPOConfig, resume: bool = False) -> KernelPPO:
+    """Train PPO on ``run`` until its budget is spent; returns the agent.
+
+    The agent is saved as ``run.dir / AGENT_FILE`` and the run state (agent,
+    RNGs, budget, history) checkpointed every ``ppo.checkpoint_every``
+    evaluations, at the end, and on ``KeyboardInterrupt`` (which is re-raised).
+    The caller writes the leaderboard (``run.finish()``).
+
+    Args:
+        run: the :class:`~kasrl.experiment.run.Run` (space, budgeted evaluator, tracker).
+        cfg: the run's config (``seed``, ``ppo.*``).
+        resume: continue from the run folder's checkpoint.
+    """
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from agents.callbacks import BestMetrics, RunCheckpoint, StopOnBudget, TrainMetrics
+
+    opts, ev = cfg.ppo, run.evaluator
+    state = run.load_checkpoint() if resume else None
+    venv = make_vec_env(run.space, ev, opts.n_envs, cfg.seed + ev.spent, opts.repeat_penalty)
+    agent = restore_agent(state, venv, opts) if state else make_agent(venv, opts, cfg.seed, run.space)
+
+    def save() -> None:
+        run.save_checkpoint(agent_state(agent, opts))
+        agent.save(run.dir / AGENT_FILE)
+
+    ev.callbacks.append(BestMetrics(run.tracker, run.top.best()))
+    run.start_progress()
+    spent = lambda: ev.spent  # noqa: E731
+    callbacks = CallbackList([StopOnBudget(ev), TrainMetrics(run.tracker, spent), RunCheckpoint(save, spent, opts.checkpoint_every)])
+    try:
+        if not ev.exhausted:  # each finished episode is one evaluation
+            agent.learn(total_timesteps=2**62, callback=callbacks, reset_num_timesteps=state is None)
+    finally:
+        save()
     return agent

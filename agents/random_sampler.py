@@ -65,6 +65,13 @@ class RandomSampler(Strategy):
         self._fork_actions = np.array([a for a, act in enumerate(space.table.actions) if act.kind == "fork"], dtype=np.int64)
         self._families = [act.family for act in space.table.actions]
 
+    @classmethod
+    def from_space(cls, space: SearchSpace, seed: int = 0, family_first: bool = False, sizes: str = "max_flops") -> RandomSampler:
+        """A sampler over the whole range the space allows: ``min_steps..max_steps`` actions, ``2..max_width`` branches."""
+        cfg = space.config
+        return cls(space, seed, steps=(cfg.min_steps, cfg.max_steps), widths=(min(2, cfg.max_width), cfg.max_width),
+                   family_first=family_first, sizes=sizes)
+
     def _choose(self, graph: KernelGraph, target: int, width_cap: int) -> int:
         mask = self.space.action_mask(graph).copy()
         if graph.steps < target and mask[1:].any():

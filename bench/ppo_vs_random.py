@@ -1,6 +1,6 @@
 """Benchmark: does PPO learn? Its best-so-far against the random sampler's, on equal budgets.
 
-    python bench/ppo_vs_random.py [--episodes 600] [--seeds 0 1 2] [--task fashion_mnist_cnn] [key=value ...]
+    python bench/ppo_vs_random.py [--episodes 600] [--seeds 0,1,2] [--task fashion_mnist_cnn] [key=value ...]
 
 Both strategies run on the fast analytic reward (``fidelity=analytic``: FLOPs and
 parameter ratios against a 3x3 conv, no training, no timing) through the same
@@ -48,7 +48,7 @@ def run_ppo(cfg) -> tuple:
     set_random_seed(cfg.seed)
     run = Run(cfg, "ppo", tracker=False, progress=False)
     t = time.perf_counter()
-    agent = make_agent(make_vec_env(run.space, run.evaluator, cfg.ppo.n_envs, cfg.seed), cfg.ppo, cfg.seed)
+    agent = make_agent(make_vec_env(run.space, run.evaluator, cfg.ppo.n_envs, cfg.seed, cfg.ppo.repeat_penalty), cfg.ppo, cfg.seed, run.space)
     agent.learn(total_timesteps=2**62, callback=StopOnBudget(run.evaluator))
     seconds = time.perf_counter() - t
     history = list(run.evaluator.history)
@@ -81,12 +81,16 @@ def summarise(history: list) -> dict:
 
 
 def main() -> None:
+    """Run both strategies for every seed and print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--episodes", type=int, default=600, help="episodes (= evaluations) per strategy and seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--task", default="fashion_mnist_cnn", help="task whose placements and budget define the space")
+    p.add_argument("--strategies", default="random,ppo", help="comma-separated: random, ppo (one alone when tuning)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for both runs, e.g. ppo.ent_coef=0.02")
     args = p.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.strategies = args.strategies.split(",")
     fp = setup(threads=1)
     print("command: python bench/ppo_vs_random.py " + " ".join(sys.argv[1:]))
     print(device_line(fp))
@@ -97,6 +101,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kasrl-bench-") as tmp:
         for seed in args.seeds:
             for name, fn in (("random", run_random), ("ppo", run_ppo)):
+                if name not in args.strategies:
+                    continue
                 cfg = _config(args, seed, Path(tmp) / f"{name}{seed}", args.overrides)
                 history, seconds = fn(cfg)
                 s = summarise(history)
@@ -109,7 +115,7 @@ def main() -> None:
         r = rows[name]
         print(f"{'-':>4} {name:>8} {med([x['b25'] for x in r]):>9.3f} {med([x['b50'] for x in r]):>9.3f} "
               f"{med([x['best'] for x in r]):>8.3f} {med([x['late_mean'] for x in r]):>14.3f}")
-    wins = sum(a["best"] > b["best"] for a, b in zip(rows["ppo"], rows["random"]))
+    wins = sum(a["best"] > b["best"] for a, b in zip(rows["ppo"], rows["random"], strict=False))
     print(f"\nPPO's best-so-far beats random's on {wins} of {len(args.seeds)} seeds "
           f"(median best {med([x['best'] for x in rows['ppo']]):.3f} vs {med([x['best'] for x in rows['random']]):.3f})")
 

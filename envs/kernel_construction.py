@@ -170,6 +170,7 @@ class KernelConstructionEnv(gym.Env):
         self.kernel: KernelGraph | None = None
         self._done = False
         self._features: dict = {}
+        self._peeked: tuple | None = None
 
     # -- Gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
@@ -179,6 +180,7 @@ class KernelConstructionEnv(gym.Env):
         self.kernel = None
         self._done = False
         self._features = {}
+        self._peeked = None
         return self._observation(), {"action_mask": self.action_masks()}
 
     def step(self, action: int) -> tuple:
@@ -198,10 +200,35 @@ class KernelConstructionEnv(gym.Env):
             return self._observation(), float(self.invalid_penalty), False, False, info
         act = self.space.table[action]
         if act.kind != "finish":
-            self.graph = self.space.apply(self.graph, action)
+            peeked = self._peeked
+            reuse = peeked is not None and peeked[0] is self.graph and peeked[1] == action
+            self.graph = peeked[2] if reuse else self.space.apply(self.graph, action)
             if self.graph.steps < self.space.config.max_steps:
                 return self._observation(), 0.0, False, False, {"action_mask": self.action_masks()}
         return self._finish()
+
+    def peek_kernel(self, action: int) -> KernelGraph | None:
+        """The finished kernel that ``step(action)`` would evaluate, or None when it would not end the episode with one.
+
+        The state does not change; the next ``step(action)`` reuses the kernel
+        instead of solving it again. A vectorised env uses this to evaluate the
+        kernels of all the episodes that end on the same step together
+        (:class:`agents.ppo.EvaluateTogetherVecEnv`).
+        """
+        action = int(action)
+        if self.graph is None or self._done or not self.space.is_legal(self.graph, action):
+            return None
+        g = self.graph
+        if self.space.table[action].kind != "finish":
+            g = self.space.apply(g, action)
+            if g.steps < self.space.config.max_steps:
+                return None
+        try:
+            kernel = self.space.finish(g)
+        except (SolverInfeasible, IllegalAction):
+            return None
+        self._peeked = (self.graph, action, g, kernel)
+        return kernel
 
     def action_masks(self) -> np.ndarray:
         """The legal actions of the current state (``int8``; sb3-contrib reads this)."""
@@ -222,8 +249,9 @@ class KernelConstructionEnv(gym.Env):
     # -- internals ----------------------------------------------------------------
     def _finish(self) -> tuple:
         self._done = True
+        peeked, self._peeked = self._peeked, None
         try:
-            kernel = self.space.finish(self.graph)
+            kernel = peeked[3] if peeked is not None and peeked[2] is self.graph else self.space.finish(self.graph)
         except (SolverInfeasible, IllegalAction) as e:
             result = failure(Status.BUDGET_VIOLATION, f"finishing failed: {e}", fidelity=self.evaluator.fidelity)
             return self._observation(), result.reward, True, False, self._end_info(self.graph, result)

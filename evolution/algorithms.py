@@ -174,9 +174,7 @@ class EvolutionStrategy(Strategy):
         self.seed = seed
         self.objectives = tuple(objectives)
         self.rng = random.Random(seed)
-        cfg = space.config
-        self.sampler = RandomSampler(space, seed, steps=(cfg.min_steps, cfg.max_steps), widths=(min(2, cfg.max_width), cfg.max_width),
-                                     family_first=options.family_first)
+        self.sampler = RandomSampler.from_space(space, seed, family_first=options.family_first)
         self.sampler.rng = self.rng  # one RNG stream for everything: one state to checkpoint
         tb = base.Toolbox()
         tb.register("clone", Individual.clone)

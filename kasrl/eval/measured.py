@@ -84,7 +84,9 @@ class MeasuredEvaluator(Evaluator):
     # -- machinery --------------------------------------------------------------------
     def _limits(self) -> dict:
         t = self.task.timeouts
-        return {"build": t.build_s, "budget": t.build_s, "latency": t.latency_s, "accuracy": t.train_s, "baseline": t.train_s}
+        # timing_queue: waiting for neighbours' timing, at most a few of their latency stages
+        return {"build": t.build_s, "budget": t.build_s, "timing_queue": 10 * t.latency_s, "latency": t.latency_s,
+                "accuracy": t.train_s, "baseline": t.train_s}
 
     @property
     def runtime(self):

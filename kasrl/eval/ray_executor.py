@@ -14,7 +14,9 @@ stay in the driver, in the code :class:`MeasuredEvaluator` already has.
   and its kernel is recorded as ``crash`` (``oom`` when Ray's memory monitor
   killed it); an actor that runs past its stage's time limit (the task's
   ``timeouts``, plus a few seconds' grace) is killed, restarted, and its kernel
-  is recorded as ``timeout``. The batch goes on on the other actors meanwhile;
+  is recorded as ``timeout``. The batch goes on on the other actors meanwhile.
+  Without GPUs an actor's private memory is capped (``memory_limit``, as
+  ``RLIMIT_DATA``): a runaway allocation fails inside the stage and is ``oom``;
 * actors on one node share the machine-wide timing lock of
   :func:`kasrl.eval.stages.timing_lock`, as local workers do.
 
@@ -28,8 +30,8 @@ in such a namespace and :func:`loopback_only` tells whether this process is in o
 
     unshare --net sh -c 'ip link set lo up; python train_agent.py executor=ray workers=2'
 
->>> netns_command(["python", "-V"])[:3]
-['unshare', '--net', 'sh']
+>>> netns_command(["python", "-V"])[-4:]
+['-c', 'ip link set lo up && exec "$0" "$@"', 'python', '-V']
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import os
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +80,13 @@ def loopback_only() -> bool:
 
 
 def netns_command(argv: Sequence[str]) -> list:
-    """``argv`` run inside a new network namespace with only loopback, brought up."""
-    return ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *argv]
+    """``argv`` run inside a new network namespace with only loopback, brought up.
+
+    As root, ``unshare --net``; otherwise inside a user namespace as well
+    (``--user --map-root-user``), where the kernel allows unprivileged ones.
+    """
+    flags = ["--net"] if os.geteuid() == 0 else ["--user", "--map-root-user", "--net"]
+    return ["unshare", *flags, "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *argv]
 
 
 def netns_problem() -> str:
@@ -86,10 +94,10 @@ def netns_problem() -> str:
     try:
         out = subprocess.run(netns_command(["true"]), capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"`unshare --net` cannot run here ({type(e).__name__}: {e})"
+        return f"`unshare` cannot run here ({type(e).__name__}: {e})"
     if out.returncode != 0:
         first = (out.stderr.strip().splitlines() or ["no message"])[0]
-        return f"`unshare --net` is not permitted here ({first})"
+        return f"`{' '.join(netns_command([])[:-3])}` is not permitted here ({first})"
     return ""
 
 
@@ -134,7 +142,7 @@ class _StageActor:
         """Run the stages on one kernel (``kind="eval"``) or train the baseline."""
         import importlib
 
-        from kasrl.eval.stages import run_baseline, run_stages
+        from kasrl.eval.stages import classify, run_baseline, run_stages
 
         def report(stage: str) -> None:
             self._now = (token, stage, time.monotonic())
@@ -142,7 +150,11 @@ class _StageActor:
         try:
             if kind == "baseline":
                 report("baseline")
-                return run_baseline(self.rt)
+                try:
+                    return run_baseline(self.rt)
+                except Exception as e:  # noqa: BLE001 - the driver raises with this cause
+                    status, cause = classify("baseline", e)
+                    return {"status": status, "cause": cause, "metrics": {}, "stages": {}}
             try:
                 if "planted" in payload:  # test fixtures: "package.module:Class"
                     module, _, name = payload["planted"].partition(":")
@@ -220,8 +232,8 @@ class RayEvaluator(MeasuredEvaluator):
         store_path: str | None = None,
         *,
         skip: Sequence[str] = (),
-        run_id: str = "",
-        strategy: str = "",
+        run_id: str = "adhoc",
+        strategy: str = "adhoc",
         memory_limit: int | None = 8 << 30,
         start_timeout: float = 300.0,
         poll_s: float = 0.5,
@@ -250,6 +262,7 @@ class RayEvaluator(MeasuredEvaluator):
         self._lock = threading.Lock()
         self._started_ray = _connect(address, workers * num_cpus, workers * num_gpus)
         try:
+            _warn_if_short(workers, num_cpus, num_gpus)
             self._slots = [_Slot(self._new_actor()) for _ in range(workers)]
             self.devices = self._wait_ready([s.actor for s in self._slots])
             for s, info in zip(self._slots, self.devices, strict=True):
@@ -316,7 +329,7 @@ class RayEvaluator(MeasuredEvaluator):
                 raise WorkerError("this RayEvaluator is closed")
             results: list = [None] * len(jobs)
             todo = collections.deque(range(len(jobs)))
-            while todo or any(not s.idle for s in self._slots):
+            while todo or any(s.job is not None for s in self._slots):  # restarts may go on after the batch
                 now = time.monotonic()
                 for s in self._slots:
                     if s.retry_at and now >= s.retry_at:
@@ -464,6 +477,20 @@ def _connect(address: str, cpus: float, gpus: float) -> bool:
         extra = {"num_gpus": None} if gpus else {"num_gpus": 0}  # GPUs: let Ray find them
         ray.init(address="local", num_cpus=max(1, math.ceil(cpus)), object_store_memory=128 << 20, **extra, **common)
     return True
+
+
+def _warn_if_short(workers: int, num_cpus: float, num_gpus: float) -> None:
+    """Warn when the cluster cannot host every actor at once (the rest would wait for resources)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for name, per in (("CPU", num_cpus), ("GPU", num_gpus)):
+        if per and have.get(name, 0.0) < workers * per:
+            warnings.warn(
+                f"`workers` * `ray.num_{name.lower()}s` = {workers * per:g} {name}s, but the Ray cluster has {have.get(name, 0.0):g}: "
+                f"only some actors can start (fewer workers, or more nodes)",
+                stacklevel=3,
+            )
 
 
 def _wire(payload) -> dict | None:

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kasrl.errors import KasrlError
+from kasrl.eval.locks import ComputeSlots
 from kasrl.placeholders import fill_placeholders, placeholders
 from kasrl.solver.budget import Placement
 from kasrl.tasks import build_task_network, latency_placements, load_dataset, resolve_device, task_placements
@@ -142,11 +143,12 @@ def _tensors(split) -> tuple:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int) -> float:
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int, slots: ComputeSlots) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        out = model(x[i : i + batch].to(device))
+        with slots.step():
+            out = model(x[i : i + batch].to(device))
         if not torch.isfinite(out).all():
             raise NumericsError("the network's test outputs are not finite")
         correct += (out.argmax(1).cpu() == y[i : i + batch]).sum().item()
@@ -170,6 +172,7 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
     torch.set_num_threads(threads or training_threads())
     limit = min(x for x in (time_limit, recipe.max_train_seconds, math.inf) if x is not None)
     start = time.perf_counter()
+    slots = ComputeSlots()  # each step holds the timing lock shared: a neighbour's timing never overlaps it
     try:
         model.to(device).train()
         opt = _optimizer(model.parameters(), recipe)
@@ -191,15 +194,16 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
                 order = torch.randperm(n, generator=gen)
             idx = order[pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
             xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            if not torch.isfinite(loss):
-                raise NumericsError(f"the training loss is {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if schedule is not None:
-                schedule.step()
-            v = loss.item()
+            with slots.step():
+                loss = F.cross_entropy(model(xb), yb)
+                if not torch.isfinite(loss):
+                    raise NumericsError(f"the training loss is {loss.item()} at step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if schedule is not None:
+                    schedule.step()
+                v = loss.item()
             running = v if running is None else 0.9 * running + 0.1 * v
             while milestones and step + 1 >= milestones[0][0]:
                 at, max_loss = milestones.pop(0)
@@ -207,9 +211,10 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
                     pruned = f"loss {running:.3f} above the milestone {max_loss} at step {at} of {total}"
             if pruned:
                 break
-            if time.perf_counter() - start > limit:
+            if time.perf_counter() - start - slots.waited > limit:  # waiting for a neighbour's timing does not count
                 raise StageTimeout(f"training passed its limit of {limit:.0f} s at step {step + 1} of {total}")
-        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256))
+        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256), slots)
         return TrainOutcome(acc, float(running or 0.0), time.perf_counter() - start, step + 1, pruned)
     finally:
+        slots.close()
         torch.set_num_threads(old_threads)

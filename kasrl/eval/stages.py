@@ -17,11 +17,7 @@ reward is computed by the caller, which knows the baseline's accuracy.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
-import os
-import tempfile
 import time
 from typing import Callable
 
@@ -29,12 +25,16 @@ import torch
 import torch.nn as nn
 
 from kasrl.eval.latency import conv3x3, device_fingerprint, time_pair
+from kasrl.eval.locks import ComputeSlots, timing_lock
 from kasrl.eval.runtime import NumericsError, StageTimeout, TaskRuntime, train_and_test
 from kasrl.solver.budget import Placement, conv3x3_flops, conv3x3_params
 
-__all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "timing_lock", "classify", "STAGES"]
+__all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "timing_lock", "classify", "STAGES", "TIMING_QUEUE"]
 
 STAGES = ("build", "budget", "latency", "accuracy")
+
+#: Reported while the latency stage waits for the machine-wide timing lock.
+TIMING_QUEUE = "timing_queue"
 
 
 class Evaluable:
@@ -68,19 +68,6 @@ class GraphKernel(Evaluable):
         return build_module(self.graph, p.c, p.h, p.w)
 
 
-@contextlib.contextmanager
-def timing_lock(path: str | None = None):
-    """A machine-wide lock held while timing, so no other evaluation's training
-    runs on the cores being timed (``KASRL_TIMING_LOCK`` overrides the file)."""
-    path = path or os.environ.get("KASRL_TIMING_LOCK") or os.path.join(tempfile.gettempdir(), "kasrl-timing.lock")
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def classify(stage: str, exc: BaseException) -> tuple:
     """``(status label, cause)`` for an exception raised in ``stage``."""
     text = f"{type(exc).__name__}: {exc}".strip()
@@ -103,20 +90,26 @@ def _finite(t: torch.Tensor | None) -> bool:
 
 def _stage_build(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
     deadline = time.perf_counter() + rt.task.timeouts.build_s
-    for p in rt.placements:
-        m = kernel.build(p).to(rt.device)
-        x = torch.randn(2, p.c, p.h, p.w, device=rt.device, requires_grad=True)
-        y = m(x)
-        if tuple(y.shape) != tuple(x.shape):
-            raise NumericsError(f"output shape {list(y.shape)} is not the input shape {list(x.shape)} at {p}")
-        if not _finite(y):
-            raise NumericsError(f"the output is not finite at {p}")
-        y.float().square().mean().backward()
-        if not _finite(x.grad) or not all(_finite(q.grad) for q in m.parameters()):
-            raise NumericsError(f"a gradient is not finite at {p}")
-        if time.perf_counter() > deadline:
-            raise StageTimeout(f"building and running took longer than {rt.task.timeouts.build_s:.0f} s")
+    with ComputeSlots() as slots:
+        for p in rt.placements:
+            with slots.step():  # never while a neighbour times
+                _build_at(rt, kernel, p)
+            if time.perf_counter() - slots.waited > deadline:  # waiting for a neighbour's timing does not count
+                raise StageTimeout(f"building and running took longer than {rt.task.timeouts.build_s:.0f} s")
     metrics["placements"] = [str(p) for p in rt.placements]
+
+
+def _build_at(rt: TaskRuntime, kernel: Evaluable, p: Placement) -> None:
+    m = kernel.build(p).to(rt.device)
+    x = torch.randn(2, p.c, p.h, p.w, device=rt.device, requires_grad=True)
+    y = m(x)
+    if tuple(y.shape) != tuple(x.shape):
+        raise NumericsError(f"output shape {list(y.shape)} is not the input shape {list(x.shape)} at {p}")
+    if not _finite(y):
+        raise NumericsError(f"the output is not finite at {p}")
+    y.float().square().mean().backward()
+    if not _finite(x.grad) or not all(_finite(q.grad) for q in m.parameters()):
+        raise NumericsError(f"a gradient is not finite at {p}")
 
 
 def _stage_budget(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> str:
@@ -125,7 +118,8 @@ def _stage_budget(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> str:
     worst_f = worst_p = 0.0
     for p in rt.placements:
         lim = rt.budget.limits(p)
-        flops, params = measured_cost(kernel.build(p), p)
+        with ComputeSlots() as slots, slots.step():
+            flops, params = measured_cost(kernel.build(p), p)
         worst_f = max(worst_f, flops / conv3x3_flops(p))
         worst_p = max(worst_p, params / conv3x3_params(p))
         if flops > lim.flops or params > lim.params:
@@ -135,11 +129,15 @@ def _stage_budget(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> str:
     return ""
 
 
-def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
+def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Callable[[str], None] | None = None) -> None:
     spec = rt.task.latency
-    deadline = time.perf_counter() + rt.task.timeouts.latency_s
     logs = []
+    if report is not None:
+        report(TIMING_QUEUE)  # waiting for neighbours' timing is not this kernel's latency stage
     with timing_lock():
+        if report is not None:
+            report("latency")  # its time limit starts now
+        deadline = time.perf_counter() + rt.task.timeouts.latency_s  # from when the machine is ours
         for p in rt.timed_placements:
             x = torch.randn(spec.batch, p.c, p.h, p.w, device=rt.device)
             t = time_pair(kernel.build(p).to(rt.device), conv3x3(p.c).to(rt.device), x, spec.repeats, spec.warmup,
@@ -194,7 +192,7 @@ def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None]
                     stages[name] = {"outcome": "budget_violation", "seconds": time.perf_counter() - start}
                     return {"status": "budget_violation", "cause": problem, "metrics": metrics, "stages": stages}
             elif name == "latency":
-                _stage_latency(rt, kernel, metrics)
+                _stage_latency(rt, kernel, metrics, report)
             else:
                 _stage_accuracy(rt, kernel, metrics)
         except Exception as e:  # noqa: BLE001 - every failure becomes a typed outcome

@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import threading
 import time
 
 from kasrl.errors import KasrlError
@@ -32,6 +33,8 @@ from kasrl.eval.latency import MALLOC_ENV
 __all__ = ["IsolatedWorker", "WorkerError"]
 
 _SLACK_S = 5.0  # grace beyond a stage's own limit before the child is killed
+_FIRST_STAGE_S = 60.0  # allowed before the child names its first stage
+_ENV_LOCK = threading.Lock()  # os.environ is process-wide: pool threads start children one at a time
 
 
 class WorkerError(KasrlError):
@@ -39,14 +42,18 @@ class WorkerError(KasrlError):
 
 
 def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, device: str | None) -> None:
-    if memory_limit:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     import torch
+
+    wanted = device or (task_ref.get("device") if isinstance(task_ref, dict) else None) or "cpu"
+    on_gpu = wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available())
+    if memory_limit and not on_gpu:
+        # an address-space cap; CUDA reserves far more address space than it uses, so not on GPUs
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
     if threads:
         torch.set_num_threads(threads)
     from kasrl.eval.runtime import TaskRuntime
-    from kasrl.eval.stages import GraphKernel, run_baseline, run_stages
+    from kasrl.eval.stages import GraphKernel, classify, run_baseline, run_stages
 
     try:
         rt = TaskRuntime(task_ref)
@@ -65,7 +72,11 @@ def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, d
             return
         if kind == "baseline":
             conn.send(("stage", "baseline"))
-            conn.send(("result", run_baseline(rt)))
+            try:
+                conn.send(("result", run_baseline(rt)))
+            except Exception as e:  # noqa: BLE001 - the parent gets the cause, not "exited with code 1"
+                status, cause = classify("baseline", e)
+                conn.send(("result", {"status": status, "cause": cause, "metrics": {}, "stages": {}}))
             continue
         try:
             if "planted" in payload:  # test fixtures: "package.module:Class"
@@ -109,17 +120,19 @@ class IsolatedWorker:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        saved = {k: os.environ.get(k) for k in MALLOC_ENV}
-        os.environ.update(MALLOC_ENV)  # the child interpreter starts with these set
-        try:
-            self.proc = ctx.Process(target=_child_main, args=(child, self.task_ref, self.memory_limit, self.threads, self.device), daemon=True)
-            self.proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with _ENV_LOCK:
+            saved = {k: os.environ.get(k) for k in MALLOC_ENV}
+            os.environ.update(MALLOC_ENV)  # the child interpreter starts with these set
+            try:
+                self.proc = ctx.Process(target=_child_main, args=(child, self.task_ref, self.memory_limit, self.threads, self.device),
+                                        daemon=True)
+                self.proc.start()
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
         child.close()
         self.conn = parent
         if not parent.poll(self.start_timeout):
@@ -128,7 +141,8 @@ class IsolatedWorker:
         try:
             kind, msg = parent.recv()
         except (EOFError, OSError):
-            code = self.proc.exitcode if self.proc is not None else None
+            self.proc.join(5)  # reap it, so its exit code is known
+            code = self.proc.exitcode
             self.kill()
             raise WorkerError(f"the evaluation worker exited with code {code} while loading the task") from None
         if kind == "fatal":
@@ -178,7 +192,7 @@ class IsolatedWorker:
         except (OSError, BrokenPipeError):
             return self._dead("send")
         stage = "start"
-        deadline = time.monotonic() + _SLACK_S + 60
+        deadline = time.monotonic() + _FIRST_STAGE_S + _SLACK_S
         while True:
             left = deadline - time.monotonic()
             try:
@@ -186,7 +200,7 @@ class IsolatedWorker:
             except (OSError, EOFError):
                 return self._dead(stage)
             if not ready:
-                limit = self.limits.get(stage, 0)
+                limit = _FIRST_STAGE_S if stage == "start" else self.limits.get(stage, 600.0)
                 self.kill()
                 self.restarts += 1
                 return {"status": "timeout", "cause": f"{stage}: ran past its limit of {limit:.0f} s; the worker was killed", "metrics": {}, "stages": {stage: {"outcome": "timeout", "seconds": float(limit)}}}

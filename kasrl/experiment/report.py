@@ -167,7 +167,7 @@ def write_report(runs: list, folder: Path, title: str, budget: int, command: str
     summary = {"title": title, "budget": budget, "command": command, "rows": rows, "pooled_front": pooled,
                "pooled_hypervolume": hypervolume(pooled), "fronts": fronts, "random_final_median": random_final}
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    (folder / "report.md").write_text(_markdown(summary, runs, labels))
+    (folder / "report.md").write_text(_markdown(summary, runs, labels, folder))
     return summary
 
 
@@ -192,12 +192,33 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _markdown(summary: dict, runs: list, labels: tuple) -> str:
-    best_runs = sorted((r for r in runs if r.get("best")), key=lambda r: -r["best"]["reward"])[:5]
-    kernels = "\n".join(f"- `{r['best']['hash']}` from {r['strategy']} seed {r['seed']}: reward {r['best']['reward']:.3f}, "
-                        f"speedup {_f(r['best'].get('speedup'), '{:.3f}x')}, accuracy {_f(r['best'].get('accuracy'), '{:.2f}%')} "
-                        f"— [json]({r['dir']}/kernels/{r['best']['hash']}.json), [source]({r['dir']}/kernels/{r['best']['hash']}.py), "
-                        f"![]({r['dir']}/kernels/{r['best']['hash']}.png)" for r in best_runs)
+def _best_kernels(runs: list, folder: Path, n: int = 5) -> str:
+    """Copy the ``n`` best distinct kernels into ``folder/kernels`` and list them, the first with its source inline."""
+    import shutil
+
+    found: dict = {}
+    for r in sorted((r for r in runs if r.get("best")), key=lambda r: -r["best"]["reward"]):
+        found.setdefault(r["best"]["hash"], []).append(r)
+    out = folder / "kernels"
+    lines = []
+    for h, rs in list(found.items())[:n]:
+        out.mkdir(exist_ok=True)
+        for ext in ("json", "py", "png"):
+            src = Path(rs[0]["dir"]) / "kernels" / f"{h}.{ext}"
+            if src.is_file():
+                shutil.copyfile(src, out / src.name)
+        b = rs[0]["best"]
+        who = ", ".join(f"{r['strategy']} seed {r['seed']}" for r in rs)
+        lines.append(f"- `{h}` (found by {who}): reward {b['reward']:.3f}, speedup {_f(b.get('speedup'), '{:.3f}x')}, "
+                     f"accuracy {_f(b.get('accuracy'), '{:.2f}%')} — [json](kernels/{h}.json), [source](kernels/{h}.py), "
+                     f"![{h}](kernels/{h}.png)")
+    if found and (out / f"{next(iter(found))}.py").is_file():
+        lines += ["", "The best kernel's source:", "", "```python", (out / f"{next(iter(found))}.py").read_text().rstrip(), "```"]
+    return "\n".join(lines) or "No kernel succeeded."
+
+
+def _markdown(summary: dict, runs: list, labels: tuple, folder: Path) -> str:
+    kernels = _best_kernels(runs, folder)
     return f"""# {summary['title']}
 
 Every strategy x seed spent the same budget: {summary['budget']} evaluations (a cache hit still costs its unit) and the same wall-clock cap.

@@ -86,7 +86,8 @@ def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strateg
     elif cfg.executor == "ray":
         from kasrl.eval.ray_executor import RayEvaluator
 
-        inner = RayEvaluator(task, cfg.workers, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus, store_path=cfg.store)
+        inner = RayEvaluator(task, cfg.workers, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus, store_path=cfg.store,
+                             run_id=run_id, strategy=strategy)
     else:
         from kasrl.eval.executors import PoolEvaluator
         from kasrl.eval.measured import MeasuredEvaluator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ import torch
 import envs
 import train_agent
 from agents.callbacks import StopOnBudget, TrainMetrics
-from agents.features import GraphFeaturesExtractor
-from agents.ppo import PPOConfig, BudgetGuard, KernelPPO, make_agent, make_vec_env
+from agents.features import FactoredActionHead, GraphFeaturesExtractor, action_index
+from agents.ppo import BudgetGuard, KernelPPO, PPOConfig, RepeatPenalty, make_agent, make_vec_env
+from kasrl.errors import ConfigError
 from kasrl.eval.base import AnalyticEvaluator
 from kasrl.eval.task_space import task_search_setup
 from kasrl.experiment.budget import BudgetedEvaluator
@@ -28,7 +30,7 @@ from kasrl.tracking import NullTracker
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["fidelity=analytic", "wandb.mode=disabled", "space.max_steps=10", "ppo.n_envs=2", "ppo.n_steps=8", "ppo.batch_size=8",
-        "ppo.n_epochs=2", "ppo.hidden=16", "ppo.checkpoint_every=4"]
+        "ppo.n_epochs=2", "ppo.hidden=16", "ppo.checkpoint_every=4", "top_k=2"]
 
 
 def _tiny(tmp: Path, *more: str) -> list:
@@ -37,12 +39,12 @@ def _tiny(tmp: Path, *more: str) -> list:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short run (12 evaluations), then a resume to 20: ``(run dir, first state, resumed state)``."""
+    """One short run (8 evaluations), then a resume to 12: ``(run dir, first state, resumed state)``."""
     tmp = tmp_path_factory.mktemp("ppo")
-    assert train_agent.main(_tiny(tmp, "budget.evaluations=12")) == 0
+    assert train_agent.main(_tiny(tmp, "budget.evaluations=8")) == 0
     (run_dir,) = [p for p in tmp.iterdir() if p.is_dir()]
     first = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
-    assert train_agent.main(["--resume", str(run_dir), "budget.evaluations=20"]) == 0
+    assert train_agent.main(["--resume", str(run_dir), "budget.evaluations=12"]) == 0
     resumed = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
     return run_dir, first, resumed
 
@@ -51,11 +53,11 @@ def test_short_run_checkpoints_and_resume_continues_the_evaluation_count(trained
     run_dir, first, resumed = trained
     assert (run_dir / "ppo_agent.zip").is_file() and (run_dir / "leaderboard.md").is_file()
     assert list((run_dir / "kernels").glob("*.py")) and list((run_dir / "kernels").glob("*.png"))
-    assert first["budget"]["spent"] == 12
-    assert first["strategy"]["num_timesteps"] >= 12 * 5  # a few hundred env steps at most, min_steps=5 each
-    assert resumed["budget"]["spent"] == 20
+    assert first["budget"]["spent"] == 8
+    assert first["strategy"]["num_timesteps"] >= 8 * 5  # min_steps=5 per episode; at most ~100 steps per env
+    assert resumed["budget"]["spent"] == 12
     history = json.loads((run_dir / "history.json").read_text())
-    assert [h["evaluation"] for h in history] == list(range(1, 21))  # continued, not restarted at 1
+    assert [h["evaluation"] for h in history] == list(range(1, 13))  # continued, not restarted at 1
     assert resumed["strategy"]["num_timesteps"] > first["strategy"]["num_timesteps"]
     assert all(h["status"] == "ok" for h in history)  # no budget-exhausted crash leaked into the record
 
@@ -83,8 +85,7 @@ def test_saved_policy_never_picks_a_masked_action(trained):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("ppo.n_epochs=abc", "ppo.n_epochs"), ("ppo.hiden=32", "ppo.hiden"), ("budget.evaluations=many", "budget.evaluations"),
-     ("ppo.policy=cnn", "ppo.policy"), ("ppo.batch_size=1000", "ppo.batch_size")],
+    [("ppo.hiden=32", "ppo.hiden"), ("budget.evaluations=many", "budget.evaluations"), ("ppo.policy=cnn", "ppo.policy")],
 )
 def test_bad_config_is_one_line_naming_the_key_and_status_2(tmp_path, override, key):
     r = subprocess.run([sys.executable, str(ROOT / "train_agent.py"), override], capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -92,6 +93,17 @@ def test_bad_config_is_one_line_naming_the_key_and_status_2(tmp_path, override, 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"`{key}`" in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("ppo.batch_size=1000", "`ppo.batch_size` 1000 exceeds a rollout (ppo.n_envs * ppo.n_steps = 64)"),
+     ("ppo.gamma=1.5", "`ppo.gamma` must be in [0, 1], got 1.5"), ("ppo.n_envs=0", "`ppo.n_envs` must be at least 1, got 0"),
+     ("ppo.checkpoint_every=-1", "`ppo.checkpoint_every` must be >= 0, got -1")],
+)
+def test_bad_ppo_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(PPOConfig, ROOT / "configs" / "ppo.yaml", [override])
 
 
 def test_budget_guard_truncates_instead_of_evaluating_past_the_budget():
@@ -112,6 +124,58 @@ def test_budget_guard_truncates_instead_of_evaluating_past_the_budget():
     assert ev.spent == 1
 
 
+class _Batches(AnalyticEvaluator):
+    """The analytic evaluator, recording the size of every ``evaluate_many`` batch and every single call."""
+
+    def __init__(self, placements) -> None:
+        super().__init__(placements)
+        self.calls: list = []
+
+    def evaluate(self, kernel):
+        self.calls.append(1)
+        return super().evaluate(kernel)
+
+    def evaluate_many(self, kernels):
+        self.calls.append(len(kernels))
+        return [super(_Batches, self).evaluate(k) for k in kernels]
+
+
+def test_episodes_ending_on_the_same_step_are_evaluated_together_and_paid_once():
+    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    placements, budget = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget)
+    inner = _Batches(placements)
+    ev = BudgetedEvaluator(inner, evaluations=10)
+    venv = make_vec_env(space, ev, 3, seed=0)
+    venv.reset()
+    done = np.zeros(3, bool)
+    while not done.any():  # identical states, identical actions: all three episodes end on one step
+        masks = np.stack(venv.env_method("action_masks"))
+        action = int(np.flatnonzero(masks[0])[-1])
+        _, rewards, done, infos = venv.step(np.full(3, action))
+    assert done.all() and inner.calls == [3] and ev.spent == 3
+    assert [info["status"] for info in infos] == ["ok"] * 3
+    assert rewards[0] == pytest.approx(infos[0]["result"].reward)
+
+
+def test_repeat_penalty_lowers_the_reward_of_a_kernel_seen_before():
+    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    placements, budget = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget)
+    seen: set = set()
+    rewards, repeats = [], []
+    for episode in range(2):  # two envs, sharing `seen`, build the same kernel
+        env = RepeatPenalty(gym.make(envs.ENV_ID, space=space, evaluator=AnalyticEvaluator(placements)), seen, penalty=0.5)
+        env.reset(seed=episode)
+        done = False
+        while not done:
+            _, reward, done, _, info = env.step(int(np.flatnonzero(env.unwrapped.action_masks())[-1]))
+        rewards.append(reward)
+        repeats.append(info["repeat"])
+    assert repeats == [False, True] and rewards[1] == pytest.approx(rewards[0] - 0.5)
+    assert seen == {info["kernel_hash"]}
+
+
 class _Recorder(NullTracker):
     def __init__(self) -> None:
         super().__init__()
@@ -126,7 +190,7 @@ def test_training_metrics_reach_the_tracker_at_the_evaluation_count(tmp_path, po
     cfg = load_config(PPOConfig, None, _tiny(tmp_path, "budget.evaluations=8", f"ppo.policy={policy}"))
     run = Run(cfg, "ppo", tracker=False, progress=False)
     rec = _Recorder()
-    agent = make_agent(make_vec_env(run.space, run.evaluator, 2, 0), cfg.ppo, 0)
+    agent = make_agent(make_vec_env(run.space, run.evaluator, 2, 0), cfg.ppo, 0, run.space)
     agent.learn(10**9, callback=[StopOnBudget(run.evaluator), TrainMetrics(rec, lambda: run.evaluator.spent)])
     run.close()
     assert run.evaluator.spent == 8
@@ -147,6 +211,18 @@ def test_graph_features_ignore_padding_and_are_finite():
     assert torch.allclose(fx(batch), fx(noisy))
     empty = {k: torch.zeros_like(v) for k, v in batch.items()}
     assert torch.isfinite(fx(empty)).all()
+
+
+def test_factored_action_head_shares_families_and_starts_near_uniform():
+    env = gym.make(envs.ENV_ID, max_steps=6)
+    space = env.unwrapped.space
+    index = action_index(space)
+    assert index.shape == (space.n_actions, 4)
+    convs = [a for a, act in enumerate(space.table.actions) if act.family == "conv"]
+    assert len(convs) > 100 and len(set(index[convs, 0])) == 1  # one family code shared by every conv action
+    head = FactoredActionHead(8, index)
+    logits = head(torch.randn(3, 8))
+    assert logits.shape == (3, space.n_actions) and logits.abs().max() < 1.0
 
 
 @pytest.mark.slow

@@ -59,9 +59,15 @@ def digits_kernels(digits):
 
 
 @pytest.fixture(scope="session")
+def quick_task():
+    """``digits_cnn`` trained on 300 images for one epoch (plumbing tests that need an accuracy)."""
+    return task_from_dict(load_task("digits_cnn").to_dict(), overrides={"dataset.train_size": 300, "recipe.epochs": 1.0})
+
+
+@pytest.fixture(scope="session")
 def short_task():
-    """``digits_cnn`` with 3-second build and latency limits (hang tests)."""
-    return task_from_dict(load_task("digits_cnn").to_dict(), overrides={"timeouts.build_s": 3, "timeouts.latency_s": 3})
+    """``digits_cnn`` with a 5-second build limit (hang tests: the planted kernels hang while building)."""
+    return task_from_dict(load_task("digits_cnn").to_dict(), overrides={"timeouts.build_s": 5})
 
 
 # -- the namespace harness -------------------------------------------------------------------------
