@@ -73,24 +73,35 @@ def run_one(cfg: CompeteConfig, strategy: str, seed: int, out: Path, group: str,
     common = _common(cfg, seed, out, group)
     if strategy == "random":
         run_cfg = RunConfig(**common)
-        run = Run(run_cfg, "random", tracker=tracker)
-        run.start_progress()
-        # the same draws as the evolutions' random start, so only the search differs
-        drive(RandomSampler.from_space(run.space, seed, family_first=cfg.evolution.family_first), run, batch=run_cfg.workers)
     elif strategy == "ppo":
         run_cfg = PPOConfig(**common, ppo=cfg.ppo)
-        run = Run(run_cfg, "ppo", tracker=tracker)
-        ppo_search(run, run_cfg)
     else:
         run_cfg = EvolveConfig(**common, algorithm=strategy, evolution=cfg.evolution)
-        run = Run(run_cfg, strategy, tracker=tracker)
-        run_evolution(run, run_cfg, verbose=False)
+    run = Run(run_cfg, strategy, tracker=tracker)
+    try:
+        if strategy == "random":
+            run.start_progress()
+            # the same draws as the evolutions' random start, so only the search differs
+            drive(RandomSampler.from_space(run.space, seed, family_first=cfg.evolution.family_first), run, batch=run_cfg.workers)
+        elif strategy == "ppo":
+            ppo_search(run, run_cfg)
+        else:
+            run_evolution(run, run_cfg, verbose=False)
+    except BaseException:
+        run.close()
+        raise
     rows = run.finish()
     best = None
     if rows:
         b = rows[0]
         best = {"hash": b["hash"], "reward": b["reward"], "speedup": b["speedup"], "accuracy": b["accuracy"]}
-    return {"strategy": strategy, "seed": seed, "dir": str(run.dir), "history": run.evaluator.history, "best": best}
+    return {"strategy": strategy, "seed": seed, "dir": str(run.dir.resolve()), "history": run.evaluator.history, "best": best,
+            "settings": settings(cfg)}
+
+
+def settings(cfg: CompeteConfig) -> dict:
+    """What makes two runs comparable: a finished run counts on resume only if these still match."""
+    return {"task": cfg.task, "fidelity": cfg.fidelity, "evaluations": cfg.budget.evaluations, "seconds": cfg.budget.seconds}
 
 
 def main(argv: list | None = None) -> int:
@@ -107,20 +118,33 @@ def main(argv: list | None = None) -> int:
     finished = json.loads(done_file.read_text()) if done_file.is_file() else {}
     command = (folder / "command.txt").read_text() if (folder / "command.txt").is_file() else f"python compete.py --resume {folder}"
     tracker = cfg.wandb.mode != "disabled"
+    import torch
+
+    torch.set_num_threads(1)  # the policy's and the solver's threads must not spin beside a timing
+    failed = []
     for strategy in cfg.strategies:
         for seed in cfg.seeds:
             key = f"{strategy}:{seed}"
-            if key in finished:
+            if key in finished and finished[key].get("settings") == settings(cfg):
                 print(f"skipping {key}: finished in an earlier session")
                 continue
             partial = folder / "runs"
             for stale in partial.glob(f"*__{strategy}__{seed}__*"):
-                shutil.rmtree(stale)  # an interrupted run starts again from scratch
-            summary = run_one(cfg, strategy, seed, partial, folder.name, tracker)
+                shutil.rmtree(stale)  # an interrupted (or differently budgeted) run starts again from scratch
+            try:
+                summary = run_one(cfg, strategy, seed, partial, folder.name, tracker)
+            except KasrlError as e:  # one broken run does not end the competition; --resume retries it
+                print(f"compete.py: {key} failed: {e}", file=sys.stderr)
+                finished.pop(key, None)
+                failed.append(key)
+                continue
             finished[key] = summary
             tmp = done_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(finished))
             tmp.replace(done_file)
+    if failed:
+        print(f"compete.py: error: runs {', '.join(failed)} failed; fix the cause and continue with --resume {folder}", file=sys.stderr)
+        return 1
     runs = [finished[f"{s}:{seed}"] for s in cfg.strategies for seed in cfg.seeds]
     summary = write_report(runs, folder, f"Competition on {cfg.task} ({cfg.fidelity})", cfg.budget.evaluations, command, cfg.fidelity)
     _log_competition(cfg, folder, summary)

@@ -16,7 +16,6 @@ all against the evaluations done. Bad input prints one line and exits with statu
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -45,9 +44,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 3. the run: folder, store, tracker, search space, budgeted evaluator ------------------
     from kasrl.experiment.run import Run
-
-    # wandb mistakes our `agents` package for OpenAI's and prints an ad for Weave; keep it quiet
-    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
 
     try:
         run = Run(cfg, "ppo", resume_dir=resume)

@@ -35,6 +35,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from agents.features import FactoredActionHead, GraphFeaturesExtractor, action_index
 from kasrl.errors import ConfigError
 from kasrl.eval.base import EvalResult, Evaluator
+from kasrl.experiment.budget import BudgetExhausted
 from kasrl.experiment.config import RunConfig
 from kasrl.ir.canonical import kernel_hash
 from kasrl.ir.graph import KernelGraph
@@ -418,7 +419,10 @@ class EvaluateTogetherVecEnv(DummyVecEnv):
                 ending.append((base.evaluator, kernel))
         if len(ending) < 2:
             return
-        results = self.evaluator.evaluate_many([k for _, k in ending])  # up to the remaining budget
+        try:
+            results = self.evaluator.evaluate_many([k for _, k in ending])  # up to the remaining budget
+        except BudgetExhausted:  # the time ran out while peeking: the guards truncate these episodes
+            return
         for (proxy, kernel), result in zip(ending, results):
             proxy.pending = (kernel_hash(kernel), result)
 

@@ -2,8 +2,12 @@
 
 A :class:`BudgetedEvaluator` wraps the run's evaluator. Each kernel a strategy
 asks about costs one evaluation, **cache hits included** (each strategy pays for
-what it asks; the shared store only saves time), and the run stops when the
-evaluation count or the wall-clock budget is spent. Callbacks (the SB3 pattern:
+what it asks), and the run stops when the evaluation count or the time budget is
+spent. A cache hit is also charged the seconds its stages took when they were
+measured, so a strategy that re-asks for kernels some run already evaluated does
+not fit more evaluations into the same time budget. An evaluator that raises is
+charged too, as a ``crash``: every request costs one unit, so a broken evaluator
+cannot keep a search asking forever. Callbacks (the SB3 pattern:
 ``on_result(record) -> bool``) log to wandb, show progress and keep the best
 kernels; returning False stops the run early.
 """
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from kasrl.errors import KasrlError
-from kasrl.eval.base import EvalResult, Evaluator
+from kasrl.eval.base import EvalResult, Evaluator, failure
+from kasrl.store.records import Status
 from kasrl.ir.graph import KernelGraph
 from kasrl.ir.serialize import dumps
 
@@ -115,7 +120,8 @@ class BudgetedEvaluator(Evaluator):
     Args:
         inner: the run's evaluator (cached, possibly parallel).
         evaluations: evaluations allowed.
-        seconds: wall-clock seconds allowed (checked before each evaluation).
+        seconds: seconds allowed: wall clock plus the recorded seconds of cache hits
+            (checked before each evaluation).
         callbacks: notified of every result, in order.
     """
 
@@ -130,13 +136,14 @@ class BudgetedEvaluator(Evaluator):
         self.best_reward = -math.inf
         self.history: list = []
         self._elapsed_before = 0.0
+        self._charged = 0.0  # recorded seconds of cache hits
         self._start = time.monotonic()
         self._stopped = False
 
     @property
     def elapsed(self) -> float:
-        """Seconds spent, across resumes."""
-        return self._elapsed_before + time.monotonic() - self._start
+        """Seconds spent, across resumes: wall clock plus the recorded seconds of cache hits."""
+        return self._elapsed_before + self._charged + time.monotonic() - self._start
 
     @property
     def remaining(self) -> int:
@@ -151,6 +158,8 @@ class BudgetedEvaluator(Evaluator):
         return self.remaining == 0
 
     def _note(self, kernel: KernelGraph, result: EvalResult) -> ResultRecord:
+        if result.cached:
+            self._charged += sum(float(v.get("seconds", 0.0)) for v in result.stages.values() if isinstance(v, dict))
         self.spent += 1
         self.best_reward = max(self.best_reward, result.reward)
         rec = ResultRecord(self.spent, self.elapsed, result, self.best_reward, dumps(kernel))
@@ -168,9 +177,15 @@ class BudgetedEvaluator(Evaluator):
         """
         if self.exhausted:
             raise BudgetExhausted(f"the budget is spent ({self.spent} evaluations, {self.elapsed:.0f} s)")
-        result = self.inner.evaluate(kernel)
+        result = self._safe(kernel)
         self._note(kernel, result)
         return result
+
+    def _safe(self, kernel: KernelGraph) -> EvalResult:
+        try:
+            return self.inner.evaluate(kernel)
+        except Exception as e:  # a broken evaluator is a recorded crash, not the end of the search
+            return failure(Status.CRASH, f"evaluator raised {type(e).__name__}: {e}", fidelity=self.fidelity)
 
     def evaluate_many(self, kernels: Sequence[KernelGraph]) -> list:
         """Evaluate up to the remaining budget concurrently; the rest are not evaluated.
@@ -180,7 +195,10 @@ class BudgetedEvaluator(Evaluator):
         take = list(kernels)[: self.remaining]
         if not take:
             raise BudgetExhausted(f"the budget is spent ({self.spent} evaluations, {self.elapsed:.0f} s)")
-        results = self.inner.evaluate_many(take)
+        try:
+            results = self.inner.evaluate_many(take)
+        except Exception:  # one kernel at a time, so only the failing ones become crashes
+            results = [self._safe(k) for k in take]
         for k, r in zip(take, results):
             self._note(k, r)
         return results
@@ -198,6 +216,7 @@ class BudgetedEvaluator(Evaluator):
         """Continue counting from a checkpoint."""
         self.spent = state["spent"]
         self._elapsed_before = state["elapsed"]
+        self._charged = 0.0
         self._start = time.monotonic()
         self.best_reward = state["best_reward"]
         self.history = list(state["history"])

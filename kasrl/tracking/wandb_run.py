@@ -296,6 +296,8 @@ class Tracker(NullTracker):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"`{arg}` must be a non-empty string, got {value!r}")
         folder = Path(dir)
+        # wandb mistakes the project's `agents` package for OpenAI's and prints an ad for Weave
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         if mode != "disabled":
             folder.mkdir(parents=True, exist_ok=True)
         if mode != "online":

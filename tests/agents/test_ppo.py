@@ -235,3 +235,26 @@ def test_default_measured_fidelity_runs_end_to_end(tmp_path):
     history = json.loads((run_dir / "history.json").read_text())
     assert len(history) == 3
     assert "speedup" in (run_dir / "leaderboard.md").read_text()
+
+
+def test_time_running_out_while_peeking_truncates_instead_of_raising(monkeypatch):
+    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    placements, budget = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget)
+    ev = BudgetedEvaluator(AnalyticEvaluator(placements), evaluations=10)
+    venv = make_vec_env(space, ev, 2, seed=0)
+    venv.reset()
+    real = envs.KernelConstructionEnv.peek_kernel
+
+    def slow_peek(self, action):
+        kernel = real(self, action)
+        if kernel is not None:
+            ev.max_seconds = 0.0  # the time budget ends while the ending kernels are being solved
+        return kernel
+
+    monkeypatch.setattr(envs.KernelConstructionEnv, "peek_kernel", slow_peek)
+    done = np.zeros(2, bool)
+    while not done.any():
+        masks = np.stack(venv.env_method("action_masks"))
+        _, _, done, infos = venv.step(np.full(2, int(np.flatnonzero(masks[0])[-1])))
+    assert done.all() and ev.spent == 0 and all(info.get("budget_exhausted") for info in infos)
