@@ -140,9 +140,7 @@ class _StageActor:
 
     def run(self, token: int, kind: str, payload: dict | None) -> dict:
         """Run the stages on one kernel (``kind="eval"``) or train the baseline."""
-        import importlib
-
-        from kasrl.eval.stages import classify, run_baseline, run_stages
+        from kasrl.eval.stages import classify, kernel_from_payload, run_baseline, run_stages
 
         def report(stage: str) -> None:
             self._now = (token, stage, time.monotonic())
@@ -156,11 +154,7 @@ class _StageActor:
                     status, cause = classify("baseline", e)
                     return {"status": status, "cause": cause, "metrics": {}, "stages": {}}
             try:
-                if "planted" in payload:  # test fixtures: "package.module:Class"
-                    module, _, name = payload["planted"].partition(":")
-                    kernel = getattr(importlib.import_module(module), name)()
-                else:
-                    kernel = GraphKernel(payload["doc"])
+                kernel = kernel_from_payload(payload)
             except Exception as e:  # noqa: BLE001
                 return {"status": "build_error", "cause": f"load: {type(e).__name__}: {e}", "metrics": {}, "stages": {}}
             return run_stages(self.rt, kernel, report=report, skip=self.skip)

@@ -68,6 +68,21 @@ class GraphKernel(Evaluable):
         return build_module(self.graph, p.c, p.h, p.w)
 
 
+def kernel_from_payload(payload: dict) -> Evaluable:
+    """The evaluable a worker was sent: a kernel's JSON document (``"doc"``), or a
+    planted test kernel named ``"package.module:Class"`` (``"planted"``).
+
+    Raises:
+        Exception: whatever loading raises (a worker records it as ``build_error``).
+    """
+    if "planted" in payload:
+        import importlib
+
+        module, _, name = payload["planted"].partition(":")
+        return getattr(importlib.import_module(module), name)()
+    return GraphKernel(payload["doc"])
+
+
 def classify(stage: str, exc: BaseException) -> tuple:
     """``(status label, cause)`` for an exception raised in ``stage``."""
     text = f"{type(exc).__name__}: {exc}".strip()

@@ -19,7 +19,6 @@ Protocol (over a ``multiprocessing`` pipe, spawn start method)::
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing as mp
 import os
 import resource
@@ -53,7 +52,7 @@ def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, d
     if threads:
         torch.set_num_threads(threads)
     from kasrl.eval.runtime import TaskRuntime
-    from kasrl.eval.stages import GraphKernel, classify, run_baseline, run_stages
+    from kasrl.eval.stages import classify, kernel_from_payload, run_baseline, run_stages
 
     try:
         rt = TaskRuntime(task_ref)
@@ -79,11 +78,7 @@ def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, d
                 conn.send(("result", {"status": status, "cause": cause, "metrics": {}, "stages": {}}))
             continue
         try:
-            if "planted" in payload:  # test fixtures: "package.module:Class"
-                module, _, name = payload["planted"].partition(":")
-                kernel = getattr(importlib.import_module(module), name)()
-            else:
-                kernel = GraphKernel(payload["doc"])
+            kernel = kernel_from_payload(payload)
         except Exception as e:  # noqa: BLE001
             conn.send(("result", {"status": "build_error", "cause": f"load: {type(e).__name__}: {e}", "metrics": {}, "stages": {}}))
             continue

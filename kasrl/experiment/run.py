@@ -88,6 +88,7 @@ def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strateg
 
         inner = RayEvaluator(task, cfg.workers, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus, store_path=cfg.store,
                              run_id=run_id, strategy=strategy)
+        inner.baseline()  # train the baseline once, before the run's clock starts
     else:
         from kasrl.eval.executors import PoolEvaluator
         from kasrl.eval.measured import MeasuredEvaluator
