@@ -26,14 +26,17 @@ from kasrl.store.records import Status
 
 __all__ = ["EvalResult", "Evaluator", "AnalyticEvaluator", "DEFAULT_PENALTIES", "failure"]
 
-#: Reward for a kernel that fails, by cause (tasks may override these).
+#: Reward for a kernel that fails, by cause (tasks may override these). All lie below
+#: every reward a kernel that ran can get (the measured reward's floor, -5, and the
+#: analytic reward's lowest, ln(0.01) / 2 = -2.3), so a failure never outranks a kernel
+#: that ran, however badly, and no search learns to prefer failing.
 DEFAULT_PENALTIES = {
-    "build_error": -2.0,
-    "numerics_error": -1.5,
-    "budget_violation": -1.5,
-    "timeout": -1.0,
-    "oom": -1.0,
-    "crash": -2.0,
+    "build_error": -7.0,
+    "numerics_error": -6.0,
+    "budget_violation": -6.0,
+    "timeout": -6.0,
+    "oom": -6.0,
+    "crash": -7.0,
 }
 
 

@@ -30,14 +30,15 @@ def reward_from(metrics: dict, baseline_accuracy: float, spec) -> float:
     ``speed = log(speedup)`` (end to end; ``linear``: ``speedup - 1``). Within
     ``spec.tolerance`` accuracy points of the baseline the reward is ``speed``;
     beyond it the speed reward is withdrawn (only a slowdown still counts) and
-    each further point costs ``spec.slope``.
+    each further point costs ``spec.slope``. The reward never goes below
+    ``spec.floor``, which lies above every failure penalty.
     """
     speedup = max(float(metrics.get("speedup", 1.0)), 1e-6)
     speed = math.log(speedup) if spec.speed == "log" else speedup - 1.0
     gap = baseline_accuracy - float(metrics.get("accuracy", 0.0))
     if gap <= spec.tolerance:
-        return speed
-    return min(speed, 0.0) - spec.slope * (gap - spec.tolerance)
+        return max(speed, spec.floor)
+    return max(min(speed, 0.0) - spec.slope * (gap - spec.tolerance), spec.floor)
 
 
 def objectives_from(metrics: dict) -> tuple:

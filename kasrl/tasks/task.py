@@ -317,17 +317,17 @@ class Penalties(_Checked):
     """Reward given to a kernel whose evaluation fails, by cause (all <= 0)."""
 
     _prefix: ClassVar[str] = "task.reward.penalties"
-    build_error: float = -2.0
+    build_error: float = -7.0
     """The kernel does not build or does not preserve the shape."""
-    numerics_error: float = -1.5
+    numerics_error: float = -6.0
     """NaN or infinite values, or a loss milestone missed."""
-    budget_violation: float = -1.0
+    budget_violation: float = -6.0
     """FLOPs, parameters or tensor size over the budget."""
-    timeout: float = -1.0
+    timeout: float = -6.0
     """A stage ran past its time limit."""
-    oom: float = -1.0
+    oom: float = -6.0
     """Out of memory."""
-    crash: float = -2.0
+    crash: float = -7.0
     """The evaluation process died."""
 
     def _validate(self) -> None:
@@ -352,12 +352,21 @@ class RewardSpec(_Checked):
     """Reward lost per accuracy point beyond ``tolerance``."""
     speed: Literal["log", "linear"] = "log"
     """Speed term: ``log`` = ln(speedup), ``linear`` = speedup - 1."""
+    floor: float = -5.0
+    """Lowest reward of a kernel that ran (the default: 50 accuracy points lost at slope 0.1);
+    every penalty must lie at or below it, so a failure never outranks a kernel that ran."""
     penalties: Penalties = field(default_factory=Penalties)
-    """Reward for each failure cause."""
+    """Reward for each failure cause (each <= ``floor``)."""
 
     def _validate(self) -> None:
         self._require("tolerance", self.tolerance >= 0, "a non-negative number of accuracy points")
         self._require("slope", self.slope >= 0, "a non-negative number")
+        self._require("floor", self.floor <= 0, "a number <= 0")
+        for f in dataclasses.fields(self.penalties):
+            value = getattr(self.penalties, f.name)
+            if value > self.floor:
+                raise ConfigError(f"`task.reward.penalties.{f.name}` must be <= `task.reward.floor` ({self.floor}) so a failed kernel "
+                                  f"never outranks one that ran, got {value}")
 
 
 @dataclass(frozen=True)

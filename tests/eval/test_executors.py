@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from kasrl.eval.base import AnalyticEvaluator, EvalResult, Evaluator
+from kasrl.eval.base import DEFAULT_PENALTIES, AnalyticEvaluator, EvalResult, Evaluator
 from kasrl.eval.executors import PoolEvaluator
 from kasrl.eval.measured import MeasuredEvaluator
 from kasrl.store.memory import MemoryStore
@@ -122,7 +122,7 @@ def test_a_crashed_or_hung_worker_is_replaced_and_the_search_goes_on(short_task,
     finally:
         pool.close()
     assert [r.status.label for r in first] == ["crash", "timeout", "ok", "numerics_error"]
-    assert "SIGSEGV" in first[0].cause and first[0].reward == -2.0
+    assert "SIGSEGV" in first[0].cause and first[0].reward == DEFAULT_PENALTIES["crash"]
     assert first[1].cause == "build: ran past its limit of 5 s; the worker was killed" and first[1].reward == -1.0
     assert restarts == 2
     assert [r.status.label for r in then] == ["ok", "build_error", "ok"]

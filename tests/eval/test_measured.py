@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import signal
 import sqlite3
 import subprocess
@@ -76,6 +75,8 @@ def test_reward_rewards_speed_only_within_the_tolerance():
     assert far == pytest.approx(-spec.slope * (10.0 - spec.tolerance))  # no speed reward beyond the tolerance
     slow_far = reward_from({"speedup": 0.5, "accuracy": 80.0}, 90.0, spec)
     assert slow_far < far  # but a slowdown still costs
+    useless = reward_from({"speedup": 0.01, "accuracy": 10.0}, 90.0, spec)  # learns nothing, and slow
+    assert useless == spec.floor > max(spec.penalties[f] for f in ("build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash"))
 
 
 def test_a_small_real_evaluation_on_digits_and_the_cache(tmp_path):

@@ -130,6 +130,8 @@ def test_unknown_optimizer_suggests():
         ("dataset.train_size", -5, "`task.dataset.train_size` must be at least 1 (or null for all), got -5"),
         ("latency.batch", 0, "`task.latency.batch` must be a positive integer, got 0"),
         ("reward.penalties.crash", 1.0, "`task.reward.penalties.crash` must be a number <= 0, got 1.0"),
+        ("reward.penalties.timeout", -1.0, "`task.reward.penalties.timeout` must be <= `task.reward.floor` (-5.0) so a failed kernel never "
+                                           "outranks one that ran, got -1.0"),
         (
             "recipe.loss_milestones",
             [[0.5, 2.0], [0.4, 1.0]],
