@@ -116,8 +116,11 @@ class FactoredActionHead(nn.Module):
     episode's outcome move every action of the same family or template at once
     (the table has thousands of actions: a convolution template on each branch
     is a separate action), which is what makes learning from a few hundred
-    episodes possible. Both parts start near zero, so the first policy is close
-    to uniform over legal actions.
+    episodes possible. Both parts start near zero and the flat part's bias at
+    ``-log(actions in the family)``, so the first policy draws a family
+    uniformly, then one of its actions: the random sampler's ``family_first``
+    prior. (Uniform over actions would pick a convolution almost every step and
+    "finish" almost never: deep, slow kernels that do not train.)
 
     Args:
         latent_dim: width of the policy's latent vector (units).
@@ -132,7 +135,10 @@ class FactoredActionHead(nn.Module):
         self.register_buffer("index", index + 1, persistent=False)  # 0: no operand
         self.flat = nn.Linear(latent_dim, index.shape[0])
         nn.init.orthogonal_(self.flat.weight, gain=0.01)  # as SB3 initialises its action head
-        nn.init.zeros_(self.flat.bias)
+        family = index[:, 0]
+        per_family = th.bincount(family).to(th.float32)
+        with th.no_grad():
+            self.flat.bias.copy_(-th.log(per_family[family]))  # uniform over families, then within one
         sizes = [int(index[:, k].max()) + 2 for k in range(4)]
         self.parts = nn.ModuleList(nn.Embedding(n, latent_dim) for n in sizes)
         for emb in self.parts:

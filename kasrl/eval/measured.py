@@ -30,15 +30,18 @@ def reward_from(metrics: dict, baseline_accuracy: float, spec) -> float:
     ``speed = log(speedup)`` (end to end; ``linear``: ``speedup - 1``). Within
     ``spec.tolerance`` accuracy points of the baseline the reward is ``speed``;
     beyond it the speed reward is withdrawn (only a slowdown still counts) and
-    each further point costs ``spec.slope``. The reward never goes below
-    ``spec.floor``, which lies above every failure penalty.
+    each further point costs ``spec.slope``. A negative reward is squashed
+    softly above ``spec.floor`` (``floor * tanh(r / floor)``: about ``r`` near 0,
+    the order of any two kernels kept), so every kernel that ran scores above
+    every failure penalty and bad kernels still differ by how bad they are.
     """
     speedup = max(float(metrics.get("speedup", 1.0)), 1e-6)
     speed = math.log(speedup) if spec.speed == "log" else speedup - 1.0
     gap = baseline_accuracy - float(metrics.get("accuracy", 0.0))
-    if gap <= spec.tolerance:
-        return max(speed, spec.floor)
-    return max(min(speed, 0.0) - spec.slope * (gap - spec.tolerance), spec.floor)
+    raw = speed if gap <= spec.tolerance else min(speed, 0.0) - spec.slope * (gap - spec.tolerance)
+    if raw >= 0:
+        return raw
+    return spec.floor * math.tanh(raw / spec.floor)  # ~raw near 0, above floor always, order kept
 
 
 def objectives_from(metrics: dict) -> tuple:

@@ -72,7 +72,7 @@ __all__ = [
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "tasks"
 """Where bare task names are looked up: ``configs/tasks/<name>.yaml`` in the repository."""
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: negative measured rewards squashed above reward.floor
 """Bumped whenever the meaning of a task field changes, so old fingerprints stop matching."""
 
 
@@ -353,8 +353,9 @@ class RewardSpec(_Checked):
     speed: Literal["log", "linear"] = "log"
     """Speed term: ``log`` = ln(speedup), ``linear`` = speedup - 1."""
     floor: float = -5.0
-    """Lowest reward of a kernel that ran (the default: 50 accuracy points lost at slope 0.1);
-    every penalty must lie at or below it, so a failure never outranks a kernel that ran."""
+    """Bound that rewards of kernels that ran approach but never reach (negative rewards are
+    squashed as ``floor * tanh(r / floor)``); every penalty must lie at or below it, so a
+    failure never outranks a kernel that ran."""
     penalties: Penalties = field(default_factory=Penalties)
     """Reward for each failure cause (each <= ``floor``)."""
 

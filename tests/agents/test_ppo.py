@@ -213,7 +213,7 @@ def test_graph_features_ignore_padding_and_are_finite():
     assert torch.isfinite(fx(empty)).all()
 
 
-def test_factored_action_head_shares_families_and_starts_near_uniform():
+def test_factored_action_head_shares_families_and_starts_uniform_over_families():
     env = gym.make(envs.ENV_ID, max_steps=6)
     space = env.unwrapped.space
     index = action_index(space)
@@ -222,7 +222,13 @@ def test_factored_action_head_shares_families_and_starts_near_uniform():
     assert len(convs) > 100 and len(set(index[convs, 0])) == 1  # one family code shared by every conv action
     head = FactoredActionHead(8, index)
     logits = head(torch.randn(3, 8))
-    assert logits.shape == (3, space.n_actions) and logits.abs().max() < 1.0
+    assert logits.shape == (3, space.n_actions)
+    probs = torch.softmax(logits, dim=-1)
+    families = torch.as_tensor(index[:, 0])
+    mass = torch.zeros(3, int(families.max()) + 1).index_add_(1, families, probs)
+    assert torch.allclose(mass, torch.full_like(mass, 1.0 / mass.shape[1]), rtol=0.15)  # the family-first prior
+    finish = [a for a, act in enumerate(space.table.actions) if act.kind == "finish"]
+    assert probs[:, finish].sum(-1).min() > 0.5 / mass.shape[1]  # finishing is as likely as any family, not 1 in thousands
 
 
 @pytest.mark.slow

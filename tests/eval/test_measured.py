@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sqlite3
@@ -72,11 +73,14 @@ def test_reward_rewards_speed_only_within_the_tolerance():
     spec = load_task("digits_cnn").reward
     assert reward_from({"speedup": 2.0, "accuracy": 89.5}, 90.0, spec) == pytest.approx(0.693147, abs=1e-5)
     far = reward_from({"speedup": 2.0, "accuracy": 80.0}, 90.0, spec)
-    assert far == pytest.approx(-spec.slope * (10.0 - spec.tolerance))  # no speed reward beyond the tolerance
+    raw = -spec.slope * (10.0 - spec.tolerance)  # no speed reward beyond the tolerance
+    assert far == pytest.approx(spec.floor * math.tanh(raw / spec.floor)) and far == pytest.approx(raw, abs=0.05)
     slow_far = reward_from({"speedup": 0.5, "accuracy": 80.0}, 90.0, spec)
     assert slow_far < far  # but a slowdown still costs
     useless = reward_from({"speedup": 0.01, "accuracy": 10.0}, 90.0, spec)  # learns nothing, and slow
-    assert useless == spec.floor > max(spec.penalties[f] for f in ("build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash"))
+    worse = reward_from({"speedup": 0.005, "accuracy": 10.0}, 90.0, spec)
+    assert spec.floor < worse < useless < slow_far  # still ordered, and above the floor
+    assert worse > max(spec.penalties[f] for f in ("build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash"))
 
 
 def test_a_small_real_evaluation_on_digits_and_the_cache(tmp_path):
