@@ -123,7 +123,7 @@ def test_a_crashed_or_hung_worker_is_replaced_and_the_search_goes_on(short_task,
         pool.close()
     assert [r.status.label for r in first] == ["crash", "timeout", "ok", "numerics_error"]
     assert "SIGSEGV" in first[0].cause and first[0].reward == DEFAULT_PENALTIES["crash"]
-    assert first[1].cause == "build: ran past its limit of 5 s; the worker was killed" and first[1].reward == -1.0
+    assert first[1].cause == "build: ran past its limit of 5 s; the worker was killed" and first[1].reward == DEFAULT_PENALTIES["timeout"]
     assert restarts == 2
     assert [r.status.label for r in then] == ["ok", "build_error", "ok"]
 

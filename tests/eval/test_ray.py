@@ -88,7 +88,7 @@ def test_a_crashed_or_hung_ray_actor_is_replaced_and_the_search_goes_on(short_ta
         ev.close()
     assert [r.status.label for r in first] == ["crash", "timeout", "ok", "numerics_error", "oom"]  # oom: the actor's memory cap
     assert "the Ray actor died" in first[0].cause and first[0].reward == DEFAULT_PENALTIES["crash"]
-    assert first[1].cause == "build: ran past its limit of 5 s; the Ray actor was killed" and first[1].reward == -1.0
+    assert first[1].cause == "build: ran past its limit of 5 s; the Ray actor was killed" and first[1].reward == DEFAULT_PENALTIES["timeout"]
     assert restarts == 2  # the segfault and the hang; the memory hog raised and the actor lived on
     assert [r.status.label for r in then] == ["ok", "build_error", "ok"]
 
