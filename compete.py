@@ -11,7 +11,9 @@ Pseudocode::
     report: best-so-far curves, fronts with hypervolume, rank tests vs random, report.md
 
 A killed competition restarts with ``--resume COMPETITION_DIR`` and skips the runs
-it finished (an unfinished run is started again from scratch).
+it finished (an unfinished run, or one whose task, fidelity or budget has changed
+since, is started again from scratch). A run that fails is reported and left for
+``--resume``; the others go on.
 """
 
 from __future__ import annotations
