@@ -10,6 +10,8 @@ module, so the two always compute the same function.
 
 from __future__ import annotations
 
+import re
+
 from typing import Mapping
 
 from kasrl.ir.dims import C_ID, H_ID, W_ID, Monomial, symbol_name
@@ -106,6 +108,13 @@ def _divisibility_checks(graph: KernelGraph, sz) -> list:
     return lines
 
 
+def _bind(names: list, body: list) -> list:
+    """``a, b = self.a, self.b`` for the ``names`` that ``body`` uses (no unused locals in the source)."""
+    text = "\n".join(line.split("  # ")[0] for line in body)  # names in the shape comments are not uses
+    used = [n for n in names if re.search(rf"\b{n}\b", text)]
+    return [f"        {', '.join(used)} = {', '.join('self.' + n for n in used)}"] if used else []
+
+
 def kernel_source(graph: KernelGraph, sizes: Mapping[int, SizeChoice] | None = None, doc: str = "") -> str:
     """Readable standalone source of a finished kernel.
 
@@ -136,12 +145,10 @@ def kernel_source(graph: KernelGraph, sizes: Mapping[int, SizeChoice] | None = N
                 f"            raise ValueError(f\"size {symbol_name(s)} = {choice} is not a positive integer at c={{c}}\")"
             )
         init.append(f"        self.{symbol_name(s)} = {choice.python_expr('c')}  # {choice}")
-    if free:
-        init.append(f"        {', '.join(free)} = {', '.join('self.' + f for f in free)}")
+    init_head = len(init)  # the free sizes' names are bound here, once we know which are used
     init.extend(_divisibility_checks(graph, sz))
-    unpack = f"        c{''.join(', ' + f for f in free)} = self.c{''.join(', self.' + f for f in free)}"
-    reset = [unpack, "        h, w = self.h, self.w"]
-    forward = ["        n, _, h, w = x.shape", unpack]
+    reset: list = []
+    forward: list = []
     helpers = set()
     var = {0: "t0"}
     forward.append("        t0 = x.reshape(n, 1, c, 1, 1, h, w)")
@@ -164,8 +171,10 @@ def kernel_source(graph: KernelGraph, sizes: Mapping[int, SizeChoice] | None = N
         var[node.id] = f"t{node.id}"
         forward.append(f"        t{node.id} = {expr}  # {node.prim.label()} -> {format_shape(node.shape)}")
     forward.append(f"        return {var[graph.output.id]}.reshape(n, c, h, w)")
-    has_weights = len(reset) > 2
-    if has_weights:
+    init[init_head:init_head] = _bind(free, init[init_head:])
+    forward = ["        n, _, h, w = x.shape", *_bind(["c", *free], forward), *forward]
+    if reset:
+        reset = [*_bind(["c", *free, "h", "w"], reset), *reset]
         init.append("        self.reset_parameters()")
     else:
         reset = ["        pass"]

@@ -63,3 +63,14 @@ def test_picture_png_and_svg(tmp_path):
     svg = draw_kernel(g, tmp_path / "k.svg")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in svg.read_text()[:400]
+
+
+def test_exported_source_is_lint_clean(tmp_path):
+    """A user pastes the source into a project with a linter: no unused names, no undefined ones."""
+    space = SearchSpace()
+    rng = random.Random(5)
+    for k in range(40):
+        (tmp_path / f"kernel{k}.py").write_text(kernel_source(space.finish(rollout(space, rng, 5, 25))))
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "F,E9", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:]

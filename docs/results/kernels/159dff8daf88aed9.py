@@ -23,8 +23,7 @@ class Kernel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        c, x0 = self.c, self.x0
-        h, w = self.h, self.w
+        c = self.c
         nn.init.uniform_(self.weight2, -((5) ** -0.5), (5) ** -0.5)
         nn.init.uniform_(self.weight3, -((c) ** -0.5), (c) ** -0.5)
 

@@ -25,8 +25,7 @@ class Kernel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        c, x0 = self.c, self.x0
-        h, w = self.h, self.w
+        c = self.c
         nn.init.uniform_(self.weight4, -((3 * c) ** -0.5), (3 * c) ** -0.5)
         nn.init.ones_(self.weight5)
 

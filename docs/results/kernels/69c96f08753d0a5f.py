@@ -25,7 +25,6 @@ class Kernel(nn.Module):
 
     def reset_parameters(self) -> None:
         c, x0 = self.c, self.x0
-        h, w = self.h, self.w
         nn.init.uniform_(self.weight2, -((c // x0) ** -0.5), (c // x0) ** -0.5)
         nn.init.uniform_(self.weight3, -((3) ** -0.5), (3) ** -0.5)
         nn.init.uniform_(self.weight4, -((c) ** -0.5), (c) ** -0.5)

@@ -35,7 +35,6 @@ class Kernel(nn.Module):
 
     def reset_parameters(self) -> None:
         c, x0 = self.c, self.x0
-        h, w = self.h, self.w
         nn.init.ones_(self.weight5)
         nn.init.ones_(self.weight6)
         nn.init.uniform_(self.weight11, -((c // x0) ** -0.5), (c // x0) ** -0.5)

@@ -24,7 +24,6 @@ class Kernel(nn.Module):
 
     def reset_parameters(self) -> None:
         c = self.c
-        h, w = self.h, self.w
         nn.init.uniform_(self.weight1, -((25) ** -0.5), (25) ** -0.5)
         nn.init.uniform_(self.weight2, -((3 * c) ** -0.5), (3 * c) ** -0.5)
         nn.init.ones_(self.weight4)
