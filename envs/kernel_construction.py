@@ -210,23 +210,21 @@ class KernelConstructionEnv(gym.Env):
     def peek_kernel(self, action: int) -> KernelGraph | None:
         """The finished kernel that ``step(action)`` would evaluate, or None when it would not end the episode with one.
 
-        The state does not change; the next ``step(action)`` reuses the kernel
-        instead of solving it again. A vectorised env uses this to evaluate the
-        kernels of all the episodes that end on the same step together
-        (:class:`agents.ppo.EvaluateTogetherVecEnv`).
+        The state does not change; the next ``step(action)`` reuses the applied
+        action and the kernel instead of computing them again. A vectorised env
+        uses this to evaluate the kernels of all the episodes that end on the
+        same step together (:class:`agents.ppo.EvaluateTogetherVecEnv`).
         """
         action = int(action)
         if self.graph is None or self._done or not self.space.is_legal(self.graph, action):
             return None
-        g = self.graph
-        if self.space.table[action].kind != "finish":
-            g = self.space.apply(g, action)
-            if g.steps < self.space.config.max_steps:
-                return None
-        try:
-            kernel = self.space.finish(g)
-        except (SolverInfeasible, IllegalAction):
-            return None
+        g = self.graph if self.space.table[action].kind == "finish" else self.space.apply(self.graph, action)
+        kernel = None
+        if g is self.graph or g.steps >= self.space.config.max_steps:
+            try:
+                kernel = self.space.finish(g)
+            except (SolverInfeasible, IllegalAction):
+                pass  # step() finishes again and records the failure
         self._peeked = (self.graph, action, g, kernel)
         return kernel
 
@@ -251,7 +249,8 @@ class KernelConstructionEnv(gym.Env):
         self._done = True
         peeked, self._peeked = self._peeked, None
         try:
-            kernel = peeked[3] if peeked is not None and peeked[2] is self.graph else self.space.finish(self.graph)
+            reuse = peeked is not None and peeked[2] is self.graph and peeked[3] is not None
+            kernel = peeked[3] if reuse else self.space.finish(self.graph)
         except (SolverInfeasible, IllegalAction) as e:
             result = failure(Status.BUDGET_VIOLATION, f"finishing failed: {e}", fidelity=self.evaluator.fidelity)
             return self._observation(), result.reward, True, False, self._end_info(self.graph, result)

@@ -22,9 +22,9 @@ from typing import Sequence
 
 from kasrl.errors import KasrlError
 from kasrl.eval.base import EvalResult, Evaluator, failure
-from kasrl.store.records import Status
 from kasrl.ir.graph import KernelGraph
 from kasrl.ir.serialize import dumps
+from kasrl.store.records import Status
 
 __all__ = ["BudgetExhausted", "ResultRecord", "Callback", "BudgetedEvaluator", "TopKernels"]
 

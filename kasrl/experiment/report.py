@@ -212,8 +212,9 @@ def _best_kernels(runs: list, folder: Path, n: int = 5) -> str:
         lines.append(f"- `{h}` (found by {who}): reward {b['reward']:.3f}, speedup {_f(b.get('speedup'), '{:.3f}x')}, "
                      f"accuracy {_f(b.get('accuracy'), '{:.2f}%')} — [json](kernels/{h}.json), [source](kernels/{h}.py), "
                      f"![{h}](kernels/{h}.png)")
-    if found and (out / f"{next(iter(found))}.py").is_file():
-        lines += ["", "The best kernel's source:", "", "```python", (out / f"{next(iter(found))}.py").read_text().rstrip(), "```"]
+    best_source = out / f"{next(iter(found), '')}.py"
+    if found and best_source.is_file():
+        lines += ["", "The best kernel's source:", "", "```python", best_source.read_text().rstrip(), "```"]
     return "\n".join(lines) or "No kernel succeeded."
 
 
