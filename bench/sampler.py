@@ -97,7 +97,7 @@ def quality(space, n: int, seed: int, family_first: bool) -> list:
         row = kernel_features(k, p)
         try:
             m = build_module(k, *p)
-            t = time_pair(m, conv, x, repeats=5, warmup=1, min_block_s=0.01)
+            t = time_pair(m, conv, x, repeats=5, warmup=1, time_s=0.3)
             row.update(runnable=True, speedup=t.speedup)
         except Exception:  # noqa: BLE001 - counted as not runnable
             row.update(runnable=False, speedup=0.0)

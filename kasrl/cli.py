@@ -90,8 +90,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             p = key.split("/", 1)[1]
             print(f"  kernel at {p}: {value:.3f}x the conv's speed (spread {m.get('kernel_spread/' + p, 0):.1%})")
     if "speedup" in m:
+        q = task.latency.quantile
         print(f"  network: {m['latency_ms']:.3f} ms vs baseline {m['baseline_latency_ms']:.3f} ms -> speedup {m['speedup']:.3f}x "
-              f"(spread {m['speedup_spread']:.1%})")
+              f"(spread {m['speedup_spread']:.1%}; times at the {q:.0%} quantile of calls, medians "
+              f"{m.get('latency_median_ms', float('nan')):.3f} / {m.get('baseline_latency_median_ms', float('nan')):.3f} ms)")
     if "accuracy" in m:
         print(f"  accuracy {m['accuracy']:.2f}% vs baseline {base['accuracy']:.2f}% (gap {m['accuracy_gap']:+.2f} points)"
               + (" [pruned early]" if m.get("pruned") else ""))

@@ -156,7 +156,8 @@ def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Ca
         for p in rt.timed_placements:
             x = torch.randn(spec.batch, p.c, p.h, p.w, device=rt.device)
             t = time_pair(kernel.build(p).to(rt.device), conv3x3(p.c).to(rt.device), x, spec.repeats, spec.warmup,
-                          max(spec.min_time_s, 0.005), spec.threads)
+                          spec.time_s, spec.threads, quantile=spec.quantile, max_time_s=spec.max_time_s,
+                          target_spread=spec.target_spread)
             metrics[f"kernel_speedup/{p}"] = t.speedup
             metrics[f"kernel_spread/{p}"] = t.speedup_spread
             logs.append(math.log(t.speedup))
@@ -164,12 +165,15 @@ def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Ca
                 raise StageTimeout(f"timing took longer than {rt.task.timeouts.latency_s:.0f} s")
         net = rt.network(kernel.build).to(rt.device)
         base = rt.network(None).to(rt.device)
-        t = time_pair(net, base, rt.latency_input(), spec.repeats, spec.warmup, max(spec.min_time_s, 0.01), spec.threads)
+        t = time_pair(net, base, rt.latency_input(), spec.repeats, spec.warmup, spec.time_s, spec.threads,
+                      quantile=spec.quantile, max_time_s=spec.max_time_s, target_spread=spec.target_spread)
     metrics["kernel_speedup"] = math.exp(sum(logs) / len(logs)) if logs else 1.0
     metrics["speedup"] = t.speedup
     metrics["speedup_spread"] = t.speedup_spread
-    metrics["latency_ms"] = t.kernel_ms
+    metrics["latency_ms"] = t.kernel_ms  # quiet-period time: the task's latency.quantile of per-call times
     metrics["baseline_latency_ms"] = t.baseline_ms
+    metrics["latency_median_ms"] = t.kernel_median_ms
+    metrics["baseline_latency_median_ms"] = t.baseline_median_ms
 
 
 def _stage_accuracy(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:

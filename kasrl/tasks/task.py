@@ -72,7 +72,7 @@ __all__ = [
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "tasks"
 """Where bare task names are looked up: ``configs/tasks/<name>.yaml`` in the repository."""
 
-FINGERPRINT_VERSION = 2  # 2: negative measured rewards squashed above reward.floor
+FINGERPRINT_VERSION = 3  # 2: negative measured rewards squashed above reward.floor; 3: speed read at a low quantile of per-call times
 """Bumped whenever the meaning of a task field changes, so old fingerprints stop matching."""
 
 
@@ -285,11 +285,17 @@ class LatencySpec(_Checked):
     resolution: tuple[int, int] | None = None
     """Input height and width in pixels for timing; None = the training resolution."""
     repeats: int = 20
-    """Timed repeats; the median is reported."""
+    """Interleaved (kernel block, baseline block) pairs timed at least."""
     warmup: int = 3
     """Untimed runs before timing."""
-    min_time_s: float = 0.0
-    """Seconds each timed repeat lasts at least (calls are looped until reached)."""
+    time_s: float = 2.0
+    """Seconds each interleaved timing (a placement, the whole network) lasts at least."""
+    max_time_s: float = 6.0
+    """Seconds it may be extended to while its estimate is not yet stable (``target_spread``)."""
+    target_spread: float = 0.05
+    """Spread of the speedup over five slices of a timing at which an extended timing stops."""
+    quantile: float = 0.01
+    """Where in each side's per-call times its speed is read (see :mod:`kasrl.eval.latency`)."""
     threads: int = 1
     """Torch CPU threads while timing (1 avoids OpenMP spin-waiting on shared cores)."""
     placements: tuple[str, ...] | None = None
@@ -305,7 +311,10 @@ class LatencySpec(_Checked):
         self._require("resolution", self.resolution is None or min(self.resolution) >= 1, "[height, width] of positive integers")
         self._require("repeats", self.repeats >= 1, "a positive integer")
         self._require("warmup", self.warmup >= 0, "a non-negative integer")
-        self._require("min_time_s", self.min_time_s >= 0, "a non-negative number of seconds")
+        self._require("time_s", self.time_s >= 0, "a non-negative number of seconds")
+        self._require("max_time_s", self.max_time_s >= self.time_s, f"at least time_s ({self.time_s:g} s)")
+        self._require("target_spread", self.target_spread >= 0, "a non-negative fraction")
+        self._require("quantile", 0 <= self.quantile <= 0.5, "a number in [0, 0.5]")
         self._require("threads", self.threads >= 1, "a positive integer")
         if self.placements is not None:
             parsed = parse_placements(",".join(self.placements), field="task.latency.placements")

@@ -23,7 +23,7 @@ from kasrl.store.sqlite import SQLiteStore
 from kasrl.tasks import load_task, task_from_dict
 from tests.eval import planted
 
-FAST = {"timeouts.build_s": 5, "timeouts.latency_s": 20, "timeouts.train_s": 30, "latency.repeats": 3, "latency.warmup": 1}
+FAST = {"timeouts.build_s": 5, "timeouts.latency_s": 20, "timeouts.train_s": 30, "latency.repeats": 3, "latency.warmup": 1, "latency.time_s": 0.1, "latency.max_time_s": 0.1}
 
 
 def _task(**extra):
