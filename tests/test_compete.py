@@ -31,6 +31,7 @@ def test_tiny_competition_writes_every_report_file_and_spends_exactly_the_budget
     assert all(len(run["history"]) == 5 for run in finished.values())
     report = (folder / "report.md").read_text()
     assert "| random | 2 |" in report and "| aging | 2 |" in report and "best_so_far.png" in report
+    assert "Evaluations spent per seed: random 5/5; aging 5/5." in report
     best = summary["pooled_front"] and next(iter(finished.values()))["best"]["hash"]
     assert list((folder / "kernels").glob("*.py")) and best
     assert "```python" in report and "class Kernel" in report

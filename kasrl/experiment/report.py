@@ -218,11 +218,17 @@ def _best_kernels(runs: list, folder: Path, n: int = 5) -> str:
     return "\n".join(lines) or "No kernel succeeded."
 
 
+def _spent(summary: dict) -> str:
+    return "; ".join(f"{r['strategy']} {'/'.join(map(str, r['evaluations_spent']))}" for r in summary["rows"])
+
+
 def _markdown(summary: dict, runs: list, labels: tuple, folder: Path) -> str:
     kernels = _best_kernels(runs, folder)
     return f"""# {summary['title']}
 
-Every strategy x seed spent the same budget: {summary['budget']} evaluations (a cache hit still costs its unit) and the same wall-clock cap.
+Every strategy x seed had the same budget: {summary['budget']} evaluations or the same time cap, whichever ran out first.
+A cache hit costs its unit and is charged, against the cap, the seconds its stages took when they were measured.
+Evaluations spent per seed: {_spent(summary)}.
 
 {markdown_table(summary)}
 
