@@ -78,15 +78,16 @@ def main() -> None:
                 by_stage.setdefault(stage, []).append(info["seconds"])
         wall = time.perf_counter() - t
         peak = _peak_rss_mb(inner._worker.proc.pid) if inner._worker and inner._worker.proc else float("nan")
+        outcomes = ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses)))
         print(f"{args.kernels} full evaluations in {wall:.0f} s: {3600 * args.kernels / wall:.0f} evaluations per hour "
-              f"(median {wall / args.kernels:.1f} s each; outcomes: {', '.join(f'{s} {statuses.count(s)}' for s in sorted(set(statuses)))})")
+              f"(median {wall / args.kernels:.1f} s each; outcomes: {outcomes})")
         print("seconds per evaluation by stage (median): " + ", ".join(f"{s} {med(v):.2f}" for s, v in by_stage.items()))
         print(f"peak memory (RSS high-water mark) of the evaluating process: {peak:.0f} MB")
         inner.close()
         noisy = MeasuredEvaluator(task, store, isolation="process", skip=("accuracy",), run_id="bench", strategy="bench")
         spec = task.latency
-        print(f"speed noise: each kernel's latency stage run {args.repeats} times ({spec.time_s:g} s of interleaved timing "
-              f"per placement and for the network, speed at the {spec.quantile:.0%} quantile of per-call times)")
+        print(f"speed noise: each kernel's latency stage run {args.repeats} times ({spec.time_s:g}-{spec.longest_s:g} s of "
+              f"interleaved timing per placement and for the network, speed at quantile {spec.quantile:g} of per-call times)")
         kernel_spreads = []
         for i, kernel in enumerate([k for k, s in zip(kernels, statuses, strict=True) if s == "ok"][: args.noise_kernels]):
             runs = [noisy.evaluate(kernel).metrics for _ in range(args.repeats)]

@@ -92,7 +92,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if "speedup" in m:
         q = task.latency.quantile
         print(f"  network: {m['latency_ms']:.3f} ms vs baseline {m['baseline_latency_ms']:.3f} ms -> speedup {m['speedup']:.3f}x "
-              f"(spread {m['speedup_spread']:.1%}; times at the {q:.0%} quantile of calls, medians "
+              f"(spread {m['speedup_spread']:.1%}; times at quantile {q:g} of calls, medians "
               f"{m.get('latency_median_ms', float('nan')):.3f} / {m.get('baseline_latency_median_ms', float('nan')):.3f} ms)")
     if "accuracy" in m:
         print(f"  accuracy {m['accuracy']:.2f}% vs baseline {base['accuracy']:.2f}% (gap {m['accuracy_gap']:+.2f} points)"

@@ -19,7 +19,7 @@ Rules (DESIGN section 6), all applied here:
 the process: a pure-Python loop's per-call time swings between 1x and 2x in
 periods of ~0.1-1 s, whatever the other core does, and slows the kernel and the
 convolution by different factors (memory- vs compute-bound). The median of
-block times therefore moved 10-19% from one measurement of a kernel to the next
+block times therefore moved 7-19% from one measurement of a kernel to the next
 (5 measurements, IQR / median), at any number of repeats we could afford. Noise
 only ever adds time, so the speed of a layer is its time in the machine's
 quiet periods: a low quantile (default the 1st percentile) of its per-call
@@ -27,18 +27,20 @@ times, pooled over the whole interleaved run, which lasts ``time_s`` so that it
 spans several quiet periods. Measured the same way, that ratio moved 2-5%
 (``python bench/evaluate.py`` prints it).
 The median per-call times are kept beside it; ``speedup_spread`` is the
-spread of the same estimate over five consecutive slices of the run.
+spread of the same estimate made on each fifth of the run (a conservative
+stand-in for the full run's repeatability: each fifth has fewer calls).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -111,8 +113,8 @@ class Timing:
         speedup: ``baseline_ms / kernel_ms``.
         kernel_spread, baseline_spread: IQR / median of each side's per-call
             times (how noisy the machine was).
-        speedup_spread: IQR / median of the speedup estimated on each of five
-            consecutive slices of the run (how stable the estimate is).
+        speedup_spread: IQR / median of the speedup estimated on each fifth of
+            the run (conservative: each fifth has a fifth of the calls).
         repeats: interleaved block pairs timed.
         kernel_median_ms, baseline_median_ms: median per-call times.
         calls: ``(kernel calls, baseline calls)`` timed.
@@ -146,17 +148,28 @@ def _iqr_over_median(xs: list) -> float:
     return (q[2] - q[0]) / med if med > 0 else 0.0
 
 
-def _quantile(xs: list, q: float) -> float:
-    """The ``q`` quantile of ``xs`` (linear interpolation between order statistics)."""
+#: Slices a run is cut into to judge whether its estimate has settled.
+_SLICES = 5
+#: Calls shorter than this get an untimed call at the start of each block (cache refill); longer ones do not need it.
+_WARM_CALL_BELOW_S = 0.01
+#: Most calls in one block (a probe that read ~0 must not ask for millions).
+_MAX_CALLS_PER_BLOCK = 1000
+#: Shortest time a call is taken to last: CUDA events resolve ~0.5 us, and a ratio must never divide by 0.
+_FLOOR_S = {"cpu": 1e-9, "cuda": 1e-6}
+
+
+def _quantile(xs: list, q: float, floor: float = 1e-9) -> float:
+    """The ``q`` quantile of ``xs`` (linear interpolation between order statistics), at least ``floor``."""
     xs = sorted(xs)
     k = (len(xs) - 1) * q
     lo = int(k)
     hi = min(lo + 1, len(xs) - 1)
-    return max(xs[lo] + (xs[hi] - xs[lo]) * (k - lo), 1e-9)  # never 0: CUDA events round sub-microsecond calls down
+    return max(xs[lo] + (xs[hi] - xs[lo]) * (k - lo), floor)
 
 
-def _cpu_block(fn: Callable[[], object], number: int, out: list) -> None:
-    fn()  # untimed: brings back into cache what the other side's block evicted
+def _cpu_block(fn: Callable[[], object], number: int, out: list, warm: bool = True) -> None:
+    if warm:
+        fn()  # untimed: brings back into cache what the other side's block evicted
     clock = time.perf_counter
     for _ in range(number):
         start = clock()
@@ -164,8 +177,9 @@ def _cpu_block(fn: Callable[[], object], number: int, out: list) -> None:
         out.append(clock() - start)
 
 
-def _cuda_block(fn: Callable[[], object], number: int, out: list) -> None:
-    fn()  # untimed, as on the CPU
+def _cuda_block(fn: Callable[[], object], number: int, out: list, warm: bool = True) -> None:
+    if warm:
+        fn()  # untimed, as on the CPU
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(number)]
     for start, end in events:
         start.record()
@@ -175,15 +189,16 @@ def _cuda_block(fn: Callable[[], object], number: int, out: list) -> None:
     out.extend(start.elapsed_time(end) / 1000.0 for start, end in events)
 
 
-def _calls_per_block(fn: Callable[[], object], block: Callable, block_s: float) -> int:
-    """Timed calls that make one block last about ``block_s`` (at least one)."""
+def _block_plan(fn: Callable[[], object], block: Callable, block_s: float) -> tuple:
+    """``(timed calls per block, warm-up call first?)`` so that one block lasts about ``block_s``."""
     probe: list = []
     block(fn, 3, probe)
-    return max(1, int(block_s / max(min(probe), 1e-7)))
+    one = max(min(probe), 1e-7)
+    return min(max(1, int(block_s / one)), _MAX_CALLS_PER_BLOCK), one < _WARM_CALL_BELOW_S
 
 
-def _slice_speedups(ks: list, bs: list, pair_ends: list, q: float, slices: int = 5) -> list:
-    """The speedup estimated on each of ``slices`` consecutive runs of block pairs."""
+def _slice_speedups(ks: list, bs: list, pair_ends: list, q: float, floor: float = 1e-9, slices: int = _SLICES) -> list:
+    """The speedup estimated on each of ``slices`` consecutive runs of block pairs ([] for fewer pairs)."""
     n = len(pair_ends)
     if n < slices:
         return []
@@ -192,7 +207,7 @@ def _slice_speedups(ks: list, bs: list, pair_ends: list, q: float, slices: int =
         a, b = i * n // slices, (i + 1) * n // slices
         k0, b0 = pair_ends[a - 1] if a else (0, 0)
         k1, b1 = pair_ends[b - 1]
-        out.append(_quantile(bs[b0:b1], q) / _quantile(ks[k0:k1], q))
+        out.append(_quantile(bs[b0:b1], q, floor) / _quantile(ks[k0:k1], q, floor))
     return out
 
 
@@ -203,17 +218,20 @@ def time_pair(kernel: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: 
     """Time ``kernel(x)`` against ``baseline(x)``, interleaved block by block, every call on its own.
 
     Blocks alternate (kernel, baseline, kernel, ...) until at least ``repeats``
-    pairs are done and ``time_s`` seconds have passed; then, while the speedup
-    estimated on five consecutive slices of the run still spreads more than
-    ``target_spread`` (the host had no quiet period in some of them), up to
-    ``max_time_s``. A block's first call is not timed: without it, a side whose
-    block is a single call was timed with the caches the other side left
-    behind (10% slower for a 3x3 convolution at 32x14x14 here), and whether
-    that happened depended on a probe's noise. See the module docstring for
-    why the speed is read at a low quantile of the per-call times.
+    pairs (and five, to judge the estimate) are done and ``time_s`` seconds have
+    passed; then, while the speedup estimated on each fifth of the run still
+    spreads more than ``target_spread`` (the host had no quiet period in some of
+    them), until ``max_time_s``. A block of calls shorter than 10 ms starts with
+    an untimed call: without it, a side whose block is a single call was timed
+    with the caches the other side left behind (10% slower for a 3x3
+    convolution at 32x14x14 here), and whether that happened depended on a
+    probe's noise. The garbage collector is off while timing, as in ``timeit``.
+    See the module docstring for why the speed is read at a low quantile of the
+    per-call times.
 
     Args:
-        kernel, baseline: modules mapping ``x`` to a tensor (eval mode is set).
+        kernel: the module timed against ``baseline`` (eval mode is set).
+        baseline: the reference module (eval mode is set).
         x: the input (on the device to time on).
         repeats: at least this many interleaved block pairs.
         warmup: untimed calls of each side first.
@@ -221,13 +239,16 @@ def time_pair(kernel: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: 
         threads: torch intra-op threads while timing (None: leave as is).
         block_s: each side's block runs enough calls to last about this long.
         quantile: where in each side's per-call times its speed is read (0: the fastest call).
-        max_time_s: the longest the run is extended (default ``3 * time_s``).
-        target_spread: the slice spread at which an extended run stops.
+        max_time_s: how long an unsettled run may go on (default ``3 * time_s``; a run
+            also goes on until it has ``repeats`` pairs, however long that takes).
+        target_spread: the spread over the run's fifths at which an extended run stops.
     """
     if not 0.0 <= quantile <= 0.5:
         raise ValueError(f"`quantile` must be in [0, 0.5], got {quantile}")
     max_time_s = 3 * time_s if max_time_s is None else max(max_time_s, time_s)
+    floor = _FLOOR_S["cuda" if x.is_cuda else "cpu"]
     old_threads = torch.get_num_threads()
+    gc_was_on = gc.isenabled()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -240,38 +261,43 @@ def time_pair(kernel: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: 
             run_b()
         if x.is_cuda:
             torch.cuda.synchronize()
-        nk, nb = _calls_per_block(run_k, block, block_s), _calls_per_block(run_b, block, block_s)
+        (nk, warm_k), (nb, warm_b) = _block_plan(run_k, block, block_s), _block_plan(run_b, block, block_s)
         ks: list = []
         bs: list = []
         pair_ends: list = []
+        min_pairs = max(repeats, _SLICES)
+        gc.disable()
         start = time.perf_counter()
         check_at = start + time_s
         while True:
-            block(run_k, nk, ks)
-            block(run_b, nb, bs)
+            block(run_k, nk, ks, warm_k)
+            block(run_b, nb, bs, warm_b)
             pair_ends.append((len(ks), len(bs)))
             now = time.perf_counter()
-            if len(pair_ends) < repeats or now < check_at:
+            if len(pair_ends) < min_pairs or now < check_at:
                 continue
-            if now - start >= max_time_s or _iqr_over_median(_slice_speedups(ks, bs, pair_ends, quantile)) <= target_spread:
+            if now - start >= max_time_s or _iqr_over_median(_slice_speedups(ks, bs, pair_ends, quantile, floor)) <= target_spread:
                 break
-            check_at = now + 0.1 * time_s  # not quiet enough yet: time on, look again shortly
+            check_at = now + 0.1 * time_s  # not settled yet: time on, look again shortly
+        seconds = time.perf_counter() - start
     finally:
+        if gc_was_on:
+            gc.enable()
         torch.set_num_threads(old_threads)
-    k_s, b_s = _quantile(ks, quantile), _quantile(bs, quantile)
+    k_s, b_s = _quantile(ks, quantile, floor), _quantile(bs, quantile, floor)
     return Timing(
         kernel_ms=k_s * 1000,
         baseline_ms=b_s * 1000,
         speedup=b_s / k_s,
         kernel_spread=_iqr_over_median(ks),
         baseline_spread=_iqr_over_median(bs),
-        speedup_spread=_iqr_over_median(_slice_speedups(ks, bs, pair_ends, quantile)),
+        speedup_spread=_iqr_over_median(_slice_speedups(ks, bs, pair_ends, quantile, floor)),
         repeats=len(pair_ends),
         kernel_median_ms=statistics.median(ks) * 1000,
         baseline_median_ms=statistics.median(bs) * 1000,
         calls=(len(ks), len(bs)),
         quantile=quantile,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
     )
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -143,7 +144,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}")
 
 
+#: Keys that once existed, with what replaces them (a plain "did you mean" would guess wrong).
+_REMOVED = {
+    "task.latency.min_time_s": "removed in task fingerprint version 3: use `time_s` (seconds each interleaved timing lasts at "
+    "least; the speed is read at `quantile` of per-call times, see kasrl/eval/latency.py)",
+}
+
+
 def _unknown_key(key: str, prefix: str, known: Sequence[str]) -> ConfigError:
+    if f"{prefix}.{key}" in _REMOVED:
+        return ConfigError(f"`{prefix}.{key}` was {_REMOVED[f'{prefix}.{key}']}")
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
     hint = f"; did you mean `{close[0]}`?" if close else f"; known: {', '.join(known)}"
     return ConfigError(f"unknown key `{prefix}.{key}`{hint}")
@@ -290,8 +300,8 @@ class LatencySpec(_Checked):
     """Untimed runs before timing."""
     time_s: float = 2.0
     """Seconds each interleaved timing (a placement, the whole network) lasts at least."""
-    max_time_s: float = 6.0
-    """Seconds it may be extended to while its estimate is not yet stable (``target_spread``)."""
+    max_time_s: float | None = None
+    """Seconds it may be extended to while its estimate is not yet stable (``target_spread``); None: 3 x ``time_s``."""
     target_spread: float = 0.05
     """Spread of the speedup over five slices of a timing at which an extended timing stops."""
     quantile: float = 0.01
@@ -300,6 +310,11 @@ class LatencySpec(_Checked):
     """Torch CPU threads while timing (1 avoids OpenMP spin-waiting on shared cores)."""
     placements: tuple[str, ...] | None = None
     """``CxHxW`` placements to time kernels at instead of the search placements (e.g. ResNet-18's ImageNet stages)."""
+
+    @property
+    def longest_s(self) -> float:
+        """``max_time_s``, or 3 x ``time_s`` when it is None (as in :func:`kasrl.eval.latency.time_pair`)."""
+        return self.max_time_s if self.max_time_s is not None else 3 * self.time_s
 
     def _normalise(self, name: str, value: Any) -> Any:
         if name == "placements" and isinstance(value, str):
@@ -311,9 +326,10 @@ class LatencySpec(_Checked):
         self._require("resolution", self.resolution is None or min(self.resolution) >= 1, "[height, width] of positive integers")
         self._require("repeats", self.repeats >= 1, "a positive integer")
         self._require("warmup", self.warmup >= 0, "a non-negative integer")
-        self._require("time_s", self.time_s >= 0, "a non-negative number of seconds")
-        self._require("max_time_s", self.max_time_s >= self.time_s, f"at least time_s ({self.time_s:g} s)")
-        self._require("target_spread", self.target_spread >= 0, "a non-negative fraction")
+        self._require("time_s", 0 <= self.time_s < math.inf, "a finite, non-negative number of seconds")
+        self._require("max_time_s", self.max_time_s is None or self.time_s <= self.max_time_s < math.inf,
+                      f"null or a finite number of seconds, at least time_s ({self.time_s:g} s)")
+        self._require("target_spread", 0 <= self.target_spread < math.inf, "a finite, non-negative fraction")
         self._require("quantile", 0 <= self.quantile <= 0.5, "a number in [0, 0.5]")
         self._require("threads", self.threads >= 1, "a positive integer")
         if self.placements is not None:

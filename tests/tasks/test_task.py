@@ -266,3 +266,23 @@ def test_task_needs_a_name():
 def test_task_constructed_directly_is_checked():
     with pytest.raises(ConfigError, match=re.escape("`task.seed` must be an integer, got '1' (str)")):
         Task(name="t", seed="1")
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"latency.min_time_s": 0.1}, "`task.latency.min_time_s` was removed in task fingerprint version 3: use `time_s`"),
+    ({"latency.time_s": 3.0, "latency.max_time_s": 1.0},
+     "`task.latency.max_time_s` must be null or a finite number of seconds, at least time_s (3 s)"),
+    ({"latency.max_time_s": float("inf")}, "`task.latency.max_time_s` must be"),
+    ({"latency.time_s": float("nan")}, "`task.latency.time_s` must be a finite"),
+    ({"latency.quantile": 0.7}, "`task.latency.quantile` must be a number in [0, 0.5]"),
+    ({"latency.target_spread": -0.1}, "`task.latency.target_spread` must be a finite, non-negative fraction"),
+])
+def test_latency_settings_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError) as e:
+        task_from_dict(load_task("digits_cnn").to_dict(), overrides=override)
+    assert message in str(e.value)
+
+
+def test_max_time_s_defaults_to_three_times_time_s():
+    task = task_from_dict(load_task("digits_cnn").to_dict(), overrides={"latency.time_s": 5.0, "latency.max_time_s": None})
+    assert task.latency.longest_s == 15.0
