@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 
 class Kernel(nn.Module):
-    """kasrl kernel 69c96f08753d0a5f: reward 0.131"""
+    """kasrl kernel 69c96f08753d0a5f: reward 0.139"""
 
     def __init__(self, c: int, h: int, w: int) -> None:
         super().__init__()

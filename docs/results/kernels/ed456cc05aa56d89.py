@@ -9,25 +9,23 @@ import torch.nn.functional as F
 
 
 class Kernel(nn.Module):
-    """kasrl kernel 4f393bef417405a8: reward -0.242"""
+    """kasrl kernel ed456cc05aa56d89: reward -0.161"""
 
     def __init__(self, c: int, h: int, w: int) -> None:
         super().__init__()
         self.c, self.h, self.w = c, h, w
-        if c % 32:
-            raise ValueError(f"size x0 = C/32 is not a positive integer at c={c}")
-        self.x0 = c // 32  # C/32
+        self.x0 = 1  # 1
         x0 = self.x0
         if (c) % (x0):
             raise ValueError(f"size C/x0 is not an integer at c={c}, h={h}, w={w}")
-        self.weight4 = nn.Parameter(torch.empty(c, 3 * c, 1, 1))
-        self.weight5 = nn.Parameter(torch.empty(c))
+        self.weight5 = nn.Parameter(torch.empty(c // x0))
+        self.weight9 = nn.Parameter(torch.empty(c, c // x0, 1, 1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        c = self.c
-        nn.init.uniform_(self.weight4, -((3 * c) ** -0.5), (3 * c) ** -0.5)
+        c, x0 = self.c, self.x0
         nn.init.ones_(self.weight5)
+        nn.init.uniform_(self.weight9, -((c // x0) ** -0.5), (c // x0) ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -35,7 +33,11 @@ class Kernel(nn.Module):
         t0 = x.reshape(n, 1, c, 1, 1, h, w)
         t1 = F.unfold(t0.reshape(n, c, h, w), (3, 1), dilation=(3, 1), padding=(3, 0)).view(n, 1, c, 1, 3, h, w).transpose(3, 4)  # unfold[H,dilation=3,k=3] -> [1, C, 3, 1, H, W]
         t2 = t1.reshape(n, x0, c // x0, 3, 1, h, w)  # group -> [x0, C/x0, 3, 1, H, W]
-        t3 = torch.tanh(t2)  # activation[tanh] -> [x0, C/x0, 3, 1, H, W]
-        t4 = F.conv2d(t3.reshape(n, 3 * c, h, w), self.weight4).view(n, 1, c, 1, 1, h, w)  # projection[grouped=False,out=C] -> [1, C, 1, 1, H, W]
-        t5 = t4 * self.weight5.view(1, 1, -1, 1, 1, 1, 1)  # scale[C] -> [1, C, 1, 1, H, W]
-        return t5.reshape(n, c, h, w)
+        t3 = t2.mean(1, keepdim=True)  # fold[mode=mean,G] -> [1, C/x0, 3, 1, H, W]
+        t4 = t2.amax(3, keepdim=True)  # fold[mode=max,KH] -> [x0, C/x0, 1, 1, H, W]
+        t5 = t4 * self.weight5.view(1, 1, -1, 1, 1, 1, 1)  # scale[C] -> [x0, C/x0, 1, 1, H, W]
+        t6 = t3.mean(3, keepdim=True)  # fold[mode=mean,KH] -> [1, C/x0, 1, 1, H, W]
+        t7 = t5.mean(1, keepdim=True)  # fold[mode=mean,G] -> [1, C/x0, 1, 1, H, W]
+        t8 = t6 + t7  # binary[add] -> [1, C/x0, 1, 1, H, W]
+        t9 = F.conv2d(t8.reshape(n, c // x0, h, w), self.weight9).view(n, 1, c, 1, 1, h, w)  # projection[grouped=False,out=C] -> [1, C, 1, 1, H, W]
+        return t9.reshape(n, c, h, w)
