@@ -4,7 +4,7 @@
 >>> env = gym.make("kasrl/KernelConstruction-v0", max_steps=6)
 >>> obs, info = env.reset(seed=0)
 >>> mask = info["action_mask"]
->>> bool(mask.any()) and obs["node_mask"].sum() == 1
+>>> bool(mask.any()) and int(obs["node_mask"].sum()) == 1
 True
 """
 
@@ -53,7 +53,12 @@ class MaskedDiscrete(spaces.Discrete):
         return super().sample(mask=mask, probability=probability)
 
 
-def _node_features(node, branch_flags: dict, depth: int, users: int, max_depth: int) -> np.ndarray:
+_TAIL = len(_FAMILY_INDEX) + 6 * _SLOT_FEATURES  # then: closing, new sizes, depth, fan-out, open branch
+
+
+def _node_features(node) -> np.ndarray:
+    """The features a node keeps for life (family, per-slot shape, closing, new sizes);
+    depth, fan-out and the open-branch flag are filled in per state."""
     f = np.zeros(NODE_FEATURES, dtype=np.float32)
     family = "input" if node.prim is None else node.prim.family
     f[_FAMILY_INDEX[family]] = 1.0
@@ -68,13 +73,59 @@ def _node_features(node, branch_flags: dict, depth: int, users: int, max_depth: 
         static = m.static_part()
         value = static.num / static.den
         f[o + 3] = min(math.log2(max(value, 1.0)) / 4.0, 1.0)
-    tail = base + 6 * _SLOT_FEATURES
-    f[tail] = float(node.closing)
-    f[tail + 1] = float(bool(node.symbols))
-    f[tail + 2] = min(depth / max(max_depth, 1), 1.0)
-    f[tail + 3] = min(users / 4.0, 1.0)
-    f[tail + 4] = branch_flags.get(node.id, 0.0)
+    f[_TAIL] = float(node.closing)
+    f[_TAIL + 1] = float(bool(node.symbols))
     return f
+
+
+class _GraphObserver:
+    """The node features, adjacency and node mask of a growing kernel, kept up to date incrementally.
+
+    Along an episode a state only gains nodes, so an update computes the fixed
+    features of the new nodes only and refreshes the per-state columns (depth,
+    fan-out, open branch) of all rows at once. Any other graph (a new episode)
+    is rebuilt from scratch. Returns copies: callers may keep observations.
+    """
+
+    def __init__(self, max_nodes: int) -> None:
+        self.max_nodes = max_nodes
+        self.reset()
+
+    def reset(self) -> None:
+        n = self.max_nodes
+        self.seen: list = []
+        self.depth: list = []
+        self.users: list = []
+        self.nodes = np.zeros((n, NODE_FEATURES), dtype=np.float32)
+        self.adjacency = np.zeros((n, n), dtype=np.float32)
+        self.node_mask = np.zeros(n, dtype=np.float32)
+
+    def update(self, g: KernelGraph) -> tuple:
+        k = len(self.seen)
+        if len(g.nodes) < k or any(a is not b for a, b in zip(self.seen, g.nodes)):
+            self.reset()
+            k = 0
+        n = self.max_nodes
+        depth, users = self.depth, self.users
+        for node in g.nodes[k:]:
+            depth.append(1 + max(depth[i] for i in node.inputs) if node.inputs else 0)
+            users.append(0)
+            for i in node.inputs:
+                users[i] += 1
+            if node.id < n:
+                self.nodes[node.id] = _node_features(node)
+                self.adjacency[node.id, list(node.inputs)] = 1.0
+        self.seen = list(g.nodes)
+        shown = min(len(g.nodes), n)
+        scale = max(max(depth), 8)
+        rows = self.nodes[:shown]
+        rows[:, _TAIL + 2] = np.minimum(np.asarray(depth[:shown], dtype=np.float64) / scale, 1.0)
+        rows[:, _TAIL + 3] = np.minimum(np.asarray(users[:shown], dtype=np.float64) / 4.0, 1.0)
+        rows[:, _TAIL + 4] = 0.0
+        open_rows = [b for b in g.branches if b < n]
+        rows[open_rows, _TAIL + 4] = 1.0
+        self.node_mask[:shown] = 1.0
+        return self.nodes.copy(), self.adjacency.copy(), self.node_mask.copy()
 
 
 class KernelConstructionEnv(gym.Env):
@@ -121,6 +172,11 @@ class KernelConstructionEnv(gym.Env):
             untouched; for agents that do not use masks).
         invalid_penalty: reward for a masked action under ``"penalize"``.
         render_mode: ``None`` or ``"ansi"`` (the kernel so far as text).
+        sizes: how the finished kernel's sizes are chosen: ``"max_flops"``
+            (default; CP-SAT uses the FLOPs budget as fully as allowed, tens of
+            milliseconds per episode) or ``"feasible"`` (the first legal sizes,
+            usually the oracle's witness without a solve; with the analytic
+            evaluator, the cheapest fidelity for quick runs).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -137,11 +193,14 @@ class KernelConstructionEnv(gym.Env):
         invalid_action: str = "raise",
         invalid_penalty: float = -0.1,
         render_mode: str | None = None,
+        sizes: str = "max_flops",
     ) -> None:
         if invalid_action not in ("raise", "penalize"):
             raise KasrlError(f"`invalid_action` must be 'raise' or 'penalize', got {invalid_action!r}")
         if render_mode not in (None, "ansi"):
             raise KasrlError(f"`render_mode` must be None or 'ansi', got {render_mode!r}")
+        if sizes not in ("max_flops", "feasible"):
+            raise KasrlError(f"`sizes` must be 'max_flops' or 'feasible', got {sizes!r}")
         if space is None:
             cfg = space_config or SpaceConfig()
             if max_steps is not None:
@@ -152,6 +211,7 @@ class KernelConstructionEnv(gym.Env):
         self.invalid_action = invalid_action
         self.invalid_penalty = invalid_penalty
         self.render_mode = render_mode
+        self.sizes = sizes
         cfg = space.config
         self.max_width = cfg.max_width
         self.max_nodes = cfg.max_steps + 4 * cfg.max_width + 8
@@ -169,7 +229,7 @@ class KernelConstructionEnv(gym.Env):
         self.graph: KernelGraph | None = None
         self.kernel: KernelGraph | None = None
         self._done = False
-        self._features: dict = {}
+        self._observer = _GraphObserver(n)
         self._peeked: tuple | None = None
 
     # -- Gymnasium API -------------------------------------------------------------
@@ -179,7 +239,7 @@ class KernelConstructionEnv(gym.Env):
         self.graph = self.space.reset()
         self.kernel = None
         self._done = False
-        self._features = {}
+        self._observer.reset()
         self._peeked = None
         return self._observation(), {"action_mask": self.action_masks()}
 
@@ -222,7 +282,7 @@ class KernelConstructionEnv(gym.Env):
         kernel = None
         if g is self.graph or g.steps >= self.space.config.max_steps:
             try:
-                kernel = self.space.finish(g)
+                kernel = self.space.finish(g, self.sizes)
             except (SolverInfeasible, IllegalAction):
                 pass  # step() finishes again and records the failure
         self._peeked = (self.graph, action, g, kernel)
@@ -233,8 +293,8 @@ class KernelConstructionEnv(gym.Env):
         if self.graph is None:
             self.graph = self.space.reset()
         if self._done:
-            return self.space.action_mask(self.space.reset())  # any legal move of a new episode
-        return self.space.action_mask(self.graph)
+            return self.space.action_mask(self.space.reset()).copy()  # any legal move of a new episode
+        return self.space.action_mask(self.graph).copy()  # a copy: the space caches masks per state
 
     def render(self) -> str | None:
         """The kernel so far as text (``render_mode="ansi"``)."""
@@ -250,7 +310,7 @@ class KernelConstructionEnv(gym.Env):
         peeked, self._peeked = self._peeked, None
         try:
             reuse = peeked is not None and peeked[2] is self.graph and peeked[3] is not None
-            kernel = peeked[3] if reuse else self.space.finish(self.graph)
+            kernel = peeked[3] if reuse else self.space.finish(self.graph, self.sizes)
         except (SolverInfeasible, IllegalAction) as e:
             result = failure(Status.BUDGET_VIOLATION, f"finishing failed: {e}", fidelity=self.evaluator.fidelity)
             return self._observation(), result.reward, True, False, self._end_info(self.graph, result)
@@ -275,33 +335,10 @@ class KernelConstructionEnv(gym.Env):
 
     def _observation(self, graph: KernelGraph | None = None) -> dict:
         g = graph if graph is not None else self.graph
-        n = self.max_nodes
-        nodes = np.zeros((n, NODE_FEATURES), dtype=np.float32)
-        adjacency = np.zeros((n, n), dtype=np.float32)
-        node_mask = np.zeros(n, dtype=np.float32)
-        branches = np.zeros((self.max_width, n), dtype=np.float32)
-        shown = g.nodes[:n]
-        depth = [0] * len(g.nodes)
-        users = [0] * len(g.nodes)
-        for node in g.nodes[1:]:
-            depth[node.id] = 1 + max(depth[i] for i in node.inputs)
-            for i in node.inputs:
-                users[i] += 1
-        max_depth = max(depth) if depth else 1
-        open_ids = {b: 1.0 for b in g.branches}
-        scale = max(max_depth, 8)
-        cache = self._features
-        for node in shown:
-            key = (node, open_ids.get(node.id, 0.0), depth[node.id], users[node.id], scale)
-            feats = cache.get(key)
-            if feats is None:
-                feats = cache[key] = _node_features(node, open_ids, depth[node.id], users[node.id], scale)
-            nodes[node.id] = feats
-            for i in node.inputs:
-                adjacency[node.id, i] = 1.0
-        node_mask[: len(shown)] = 1.0
+        nodes, adjacency, node_mask = self._observer.update(g)
+        branches = np.zeros((self.max_width, self.max_nodes), dtype=np.float32)
         for k, b in enumerate(g.branches[: self.max_width]):
-            if b < n:
+            if b < self.max_nodes:
                 branches[k, b] = 1.0
         return {"nodes": nodes, "adjacency": adjacency, "node_mask": node_mask, "branches": branches, "budget": self._budget_features(g)}
 

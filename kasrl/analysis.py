@@ -12,18 +12,32 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kasrl.ir.graph import KernelGraph, poly_terms
-from kasrl.ir.sizes import evaluate
 from kasrl.solver.budget import Placement, conv3x3_flops, conv3x3_params
+from kasrl.solver.numeric import NumericModel
 
 __all__ = ["analytic_cost", "measured_cost", "cost_report"]
 
 
 def analytic_cost(graph: KernelGraph, p: Placement) -> tuple:
     """``(flops per sample, parameters)`` of a solved kernel at ``p``, from its formulas."""
-    sizes = graph.sizes or {}
-    flops = sum(evaluate(m, sizes, p.c, p.h, p.w) for m in poly_terms(graph.constraints.flops))
-    params = sum(evaluate(m, sizes, p.c, p.h, p.w) for m in poly_terms(graph.constraints.params))
+    num = _numeric_model(p)
+    w = {s: (c.ratio, c.exp) for s, c in (graph.sizes or {}).items()}
+    flops = num.poly(poly_terms(graph.constraints.flops), w)[0]
+    params = num.poly(poly_terms(graph.constraints.params), w)[0]
     return int(flops), int(params)
+
+
+_MODELS: dict = {}
+
+
+def _numeric_model(p: Placement) -> NumericModel:
+    """Exact integer evaluation at ``p``, with each monomial compiled once (cached per placement)."""
+    hit = _MODELS.get(p)
+    if hit is None:
+        if len(_MODELS) > 64:
+            _MODELS.clear()
+        hit = _MODELS[p] = NumericModel((p,), ())
+    return hit
 
 
 def measured_cost(module: nn.Module, p: Placement, batch: int = 1) -> tuple:

@@ -30,10 +30,19 @@ def _attrs(node) -> dict:
 
 
 def node_hashes(graph: KernelGraph, with_sizes: bool = False) -> list:
-    """Merkle hash of every node (index = node id)."""
+    """Merkle hash of every node (index = node id).
+
+    Memoised on the graph: a node's hash depends only on the nodes before it,
+    and nodes are only ever appended, so a later call hashes the new nodes only
+    (all of them again when the solved sizes changed)."""
     sizes = graph.sizes or {}
-    out: list = []
-    for n in graph.nodes:
+    sizes_key = tuple(sorted(sizes.items())) if with_sizes else None
+    memo = graph.__dict__.setdefault("_node_hashes", {})
+    known_key, out = memo.get(with_sizes, (None, []))
+    if known_key != sizes_key or len(out) > len(graph.nodes):
+        out = []
+    memo[with_sizes] = (sizes_key, out)
+    for n in graph.nodes[len(out):]:
         if n.prim is None:
             out.append(_digest(["input"]))
             continue
@@ -44,7 +53,7 @@ def node_hashes(graph: KernelGraph, with_sizes: bool = False) -> list:
         if with_sizes:
             entry.append([str(sizes[s]) if s in sizes else None for s in n.symbols])
         out.append(_digest(entry))
-    return out
+    return list(out)
 
 
 def _multiset_hash(graph: KernelGraph, with_sizes: bool) -> str:

@@ -30,7 +30,7 @@ witness), cached by the canonical form of the constraints.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from kasrl.ir.dims import C, free_symbol
 from kasrl.ir.graph import Constraints, KernelGraph, poly_terms
@@ -40,7 +40,7 @@ from kasrl.solver.cpsat import solve_sizes
 from kasrl.solver.numeric import NumericModel
 from kasrl.solver.solve import SizeSolver
 
-__all__ = ["CompletionOracle", "Prepared", "route", "shape_flags", "ROUTE_C_FLOPS", "ROUTE_C_PARAMS"]
+__all__ = ["CompletionOracle", "Fit", "Prepared", "route", "shape_flags", "ROUTE_C_FLOPS", "ROUTE_C_PARAMS"]
 
 ROUTE_C_FLOPS = (C * 2,)
 ROUTE_C_PARAMS = (C,)
@@ -77,6 +77,16 @@ def _compare(base: list, delta: list, extra: list, limits: list) -> int:
         if total > lim * (1 - 1e-9):
             out = _NEAR
     return out
+
+
+class Fit(NamedTuple):
+    """A fast-path acceptance, kept lazy: the successor's witness is the state's,
+    extended with ``cand`` for the action's new size (None: it has none), and its
+    costs are the state's plus ``d_f`` / ``d_p`` per placement."""
+
+    cand: tuple | None
+    d_f: list
+    d_p: list
 
 
 class Prepared:
@@ -203,6 +213,51 @@ class CompletionOracle:
         return self.state_witness(graph) is not None
 
     # -- candidate actions ---------------------------------------------------------
+    def slack(self, graph: KernelGraph, has_c: bool) -> tuple:
+        """``(flops, params)`` per placement that an action may still add to ``graph``
+        and clearly fit, route cost included (a 1e-9 relative margin below each
+        limit, so a float sum that passes is within budget exactly). Cached per state."""
+        cache = graph.__dict__.setdefault("_slack", {})
+        hit = cache.get(has_c)
+        if hit is None:
+            base_f, base_p = graph._witness_costs
+            x_f, x_p = self._extra(has_c)
+            hit = (
+                [lim * (1 - 1e-9) - b - x for lim, b, x in zip(self._lims_f, base_f, x_f)],
+                [lim * (1 - 1e-9) - b - x for lim, b, x in zip(self._lims_p, base_p, x_p)],
+            )
+            cache[has_c] = hit
+        return hit
+
+    def quick_fit(self, pr: Prepared, w: dict, slack: tuple) -> Fit | None:
+        """The witness fast path of :meth:`check_prepared`, for the mask's inner loop:
+        a :class:`Fit` when the witness, extended with the first size choice that
+        keeps the action's own constraints and clearly fits the ``slack``, works;
+        None when undecided (then :meth:`check_prepared` decides exactly)."""
+        slack_f, slack_p = slack
+        for cand, d_f, d_p in self._effect_table(pr, w, tuple([w[s] for s in pr.old_syms])):
+            for d, s in zip(d_f, slack_f):  # explicit loops: this is the hottest code of a search
+                if d > s:
+                    break
+            else:
+                for d, s in zip(d_p, slack_p):
+                    if d > s:
+                        break
+                else:
+                    return Fit(cand, d_f, d_p)
+        return None
+
+    def successor(self, graph: KernelGraph, pr: Prepared, res: tuple) -> tuple:
+        """``(witness, costs, domains)`` of the state after an accepted action
+        (``res``: a :class:`Fit` or what :meth:`check_prepared` returned)."""
+        if not isinstance(res, Fit):
+            return res
+        w = graph._witness
+        base_f, base_p = graph._witness_costs
+        witness = {**w, pr.new_syms[0]: res.cand} if pr.new_syms else w
+        costs = ([a + b for a, b in zip(base_f, res.d_f)], [a + b for a, b in zip(base_p, res.d_p)])
+        return witness, costs, None
+
     def check(self, graph: KernelGraph, inf: Inference, operands: Sequence[int]) -> tuple | None:
         """Can the state after applying ``inf`` to ``operands`` still be finished?
 
@@ -362,10 +417,40 @@ class CompletionOracle:
             out[s] = hit
         return out
 
-    def _lb(self, terms, bounds: dict) -> list:
+    def _floors(self, monos) -> dict:
+        """Free part -> per-placement lower bound of its value, from the monomials
+        in ``monos`` (integral ones: at least 1; equalities: exactly 1) that
+        involve two or more sizes. Independent per-size ranges miss these: with
+        ``x2/x1`` integral, a cost ``K*x2/x1`` is at least ``K``, however small
+        ``x2`` and however large ``x1`` may each be."""
+        out: dict = {}
+        for m in monos:
+            free, per_p = self.num.compile_float(m)
+            if len(free) < 2:
+                continue  # single sizes: their domains already say it
+            vals = [1.0 / k for k, _ in per_p]
+            old = out.get(free)
+            out[free] = vals if old is None else [max(a, b) for a, b in zip(old, vals)]
+        return out
+
+    def _state_floors(self, graph: KernelGraph) -> dict:
+        hit = getattr(graph, "_floors", None)
+        if hit is None:
+            c = graph.constraints
+            hit = graph._floors = self._floors(tuple(c.integral) + tuple(c.equal))
+        return hit
+
+    def _lb(self, terms, bounds: dict, floors: dict) -> list:
         out = [0.0] * len(self.solver.placements)
+        num = self.num
         for m in terms:
-            for i, v in enumerate(self.num.min_value(m, bounds)):
+            vals = num.min_value(m, bounds)
+            if floors:
+                free, per_p = num.compile_float(m)
+                fl = floors.get(free)
+                if fl is not None:
+                    vals = [max(v, k * f) for v, (k, _), f in zip(vals, per_p, fl)]
+            for i, v in enumerate(vals):
                 out[i] += v
         return out
 
@@ -376,15 +461,19 @@ class CompletionOracle:
         valid, slightly weaker bound when the action narrows a domain)."""
         c = graph.constraints
         base_domains = self.domains(graph)
+        floors = self._state_floors(graph)
         if any(len(domains[s]) < len(base_domains[s]) for s in base_domains):  # the action narrowed a size
             b0 = self._bounds(domains)
-            base = (self._lb(poly_terms(c.flops), b0), self._lb(poly_terms(c.params), b0))
+            base = (self._lb(poly_terms(c.flops), b0, floors), self._lb(poly_terms(c.params), b0, floors))
         else:
             base = getattr(graph, "_lb", None)
             if base is None:
                 b0 = self._bounds(base_domains)
-                base = (self._lb(poly_terms(c.flops), b0), self._lb(poly_terms(c.params), b0))
+                base = (self._lb(poly_terms(c.flops), b0, floors), self._lb(poly_terms(c.params), b0, floors))
                 graph._lb = base
+        own = self._floors(pr.integral + pr.equal)
+        if own:
+            floors = {**floors, **{f: [max(a, b) for a, b in zip(v, floors.get(f, v))] for f, v in own.items()}}
         touched = set(pr.new_syms)
         for m in pr.volume + tuple(pr.inf.flops) + tuple(pr.inf.params):
             touched.update(m.free_symbols())
@@ -392,8 +481,8 @@ class CompletionOracle:
         for m in pr.volume:
             if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)):
                 return True
-        d_f = self._lb(pr.inf.flops, bounds)
-        d_p = self._lb(pr.inf.params, bounds)
+        d_f = self._lb(pr.inf.flops, bounds, floors)
+        d_p = self._lb(pr.inf.params, bounds, floors)
         lb_f = [a + b for a, b in zip(base[0], d_f)]
         lb_p = [a + b for a, b in zip(base[1], d_p)]
         for i, lim in enumerate(self.solver.limits):

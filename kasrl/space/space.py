@@ -33,6 +33,8 @@ from kasrl.space.config import Action, ActionTable, SpaceConfig
 __all__ = ["SearchSpace", "RESNET18_PLACEMENTS"]
 
 _ADD = Binary(op="add")
+# what the space and the oracle cache on a state (dropped when the state changes)
+_STATE_CACHES = ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb", "_single", "_slack", "_rejected", "_floors")
 
 
 def _renamed(d: dict, mapping: dict) -> dict:
@@ -66,6 +68,8 @@ class SearchSpace:
         self.table = ActionTable(self.config)
         self.ctx = SpaceContext(allow_spatial_weights=self.config.allow_spatial_weights)
         self._applicable_cache: dict = {}
+        self._groups_cache: dict = {}
+        self._initial: KernelGraph | None = None
 
     @property
     def placements(self) -> tuple:
@@ -97,9 +101,17 @@ class SearchSpace:
 
     # -- states ---------------------------------------------------------------
     def reset(self) -> KernelGraph:
-        """The initial state: the input tensor alone."""
-        g = KernelGraph(self.ctx)
-        self.oracle.set_witness(g, {})
+        """The initial state: the input tensor alone.
+
+        Every episode starts here, so its mask and oracle caches are computed
+        once and shared by the copies (they describe the same state)."""
+        if self._initial is None:
+            g = KernelGraph(self.ctx)
+            self.oracle.set_witness(g, {})
+            self.action_mask(g)
+            self._initial = g
+        g = self._initial.copy()
+        g.__dict__.update({k: v for k, v in self._initial.__dict__.items() if k in _STATE_CACHES})
         return g
 
     def _applicable(self, shapes: tuple) -> tuple:
@@ -141,19 +153,58 @@ class SearchSpace:
 
     def _verdict(self, graph: KernelGraph, pr: Prepared, ops: tuple, counts: list, flags: list):
         """Oracle verdict for one effect on ``ops``: the successor's witness or None."""
+        has_c = self._route(pr, ops, counts, flags)
+        return None if has_c is None else self.oracle.check_prepared(graph, pr, has_c)
+
+    @staticmethod
+    def _route(pr: Prepared, ops: tuple, counts: list, flags: list) -> bool | None:
+        """Whether a branch keeps channel size C after the effect; None when H or W would be gone for good."""
         h, w, c = counts
         for i in ops:
             fh, fw, fc = flags[i]
             h, w, c = h - fh, w - fw, c - fc
         if not (h + pr.flags[0] and w + pr.flags[1]):
-            return None  # H or W would be gone for good
-        return self.oracle.check_prepared(graph, pr, bool(c + pr.flags[2]))
+            return None
+        return bool(c + pr.flags[2])
+
+    def _groups_at(self, shapes: tuple, position: int) -> tuple:
+        """:meth:`_applicable` with action indices: ``(trivial action indices,
+        [(Prepared, successor key, action indices)])`` for the branch (unary) or
+        the branch pair (binary) at ``position`` (cached)."""
+        key = (shapes, position)
+        hit = self._groups_cache.get(key)
+        if hit is not None:
+            return hit
+        trivial, groups, _ = self._applicable(shapes)
+        table = self.table
+        if len(shapes) == 1:
+            stride, base, ops = self.config.max_width, table.unary_offset + position, position
+            hit = (base + trivial * stride, [(pr, (ops, pr.eid), base + np.concatenate((c, n)) * stride) for pr, c, n in groups])
+        else:
+            stride, base, ops = len(table.pairs), table.binary_offset + position, table.pairs[position]
+            out = []
+            for pr, c, n in groups:
+                idx = n if ops[0] > ops[1] else np.concatenate((c, n))
+                if len(idx):  # else commutative ops only: the other order is the same kernel
+                    out.append((pr, (ops, pr.eid), base + idx * stride))
+            hit = (trivial[:0], out)
+        if len(self._groups_cache) > 200_000:
+            self._groups_cache.clear()
+        self._groups_cache[key] = hit
+        return hit
 
     def action_mask(self, graph: KernelGraph) -> np.ndarray:
         """``int8`` mask over the action table: 1 where the action is legal.
 
         Never all zero for a state reached through legal actions: finishing is
         legal from ``min_steps`` on, and an activation always is before.
+
+        Each effect (the constraints and costs an action adds) is decided once
+        per state: first by the state's witness (:meth:`CompletionOracle.quick_fit`),
+        then exactly by :meth:`CompletionOracle.check_prepared`. Constraints only
+        grow along an episode, so an effect rejected in a state stays rejected in
+        every state after it (with the same or a costlier route): those are
+        carried down the episode and never checked again.
         """
         mask = getattr(graph, "_mask", None)
         if mask is not None:
@@ -161,44 +212,55 @@ class SearchSpace:
         mask = np.zeros(len(self.table), dtype=np.int8)
         succ: dict = {}
         cfg = self.config
-        table = self.table
-        width = graph.width
-        mw = cfg.max_width
         mask[0] = graph.steps >= cfg.min_steps
         if graph.steps < cfg.max_steps:
+            width = graph.width
+            if width < cfg.max_width and "fork" in cfg.families:
+                mask[self.table.fork_offset : self.table.fork_offset + width] = 1
             shapes = [graph.branch_shape(i) for i in range(width)]
-            flags = [shape_flags(s) for s in shapes]
-            counts = [sum(f[k] for f in flags) for k in range(3)]
-            if width < mw and "fork" in cfg.families:
-                mask[table.fork_offset : table.fork_offset + width] = 1
+            candidates = []
             for i, s in enumerate(shapes):
-                trivial, groups, _ = self._applicable((s,))
-                base = table.unary_offset + i
-                mask[base + trivial * mw] = 1
-                for pr, comm, noncomm in groups:
-                    res = self._verdict(graph, pr, (i,), counts, flags)
-                    if res is not None:
-                        idx = base + np.concatenate((comm, noncomm)) * mw
-                        mask[idx] = 1
-                        succ[(i, pr.eid)] = (pr, res)
+                trivial, groups = self._groups_at((s,), i)
+                mask[trivial] = 1
+                candidates.extend(groups)
             if width >= 2:
-                npairs = len(table.pairs)
-                for p_idx, (i, j) in enumerate(table.pairs):
-                    if i >= width or j >= width:
-                        continue
-                    _, groups, _ = self._applicable((shapes[i], shapes[j]))
-                    base = table.binary_offset + p_idx
-                    for pr, comm, noncomm in groups:
-                        idx = noncomm if i > j else np.concatenate((comm, noncomm))
-                        if not len(idx):
-                            continue  # commutative ops: the other order is the same kernel
-                        res = self._verdict(graph, pr, (i, j), counts, flags)
-                        if res is not None:
-                            mask[base + idx * npairs] = 1
-                            succ[((i, j), pr.eid)] = (pr, res)
+                for p_idx, (i, j) in enumerate(self.table.pairs):
+                    if i < width and j < width:
+                        candidates.extend(self._groups_at((shapes[i], shapes[j]), p_idx)[1])
+            legal = self._decide(graph, shapes, candidates, succ)
+            if legal:
+                mask[np.concatenate(legal)] = 1
         graph._mask = mask
         graph._succ = succ
         return mask
+
+    def _decide(self, graph: KernelGraph, shapes: list, candidates: list, succ: dict) -> list:
+        """The action indices of the candidate effects the oracle accepts; fills ``succ``."""
+        oracle = self.oracle
+        w = oracle.state_witness(graph)
+        rejected = getattr(graph, "_rejected", frozenset())
+        new_rejected = []
+        flags = [shape_flags(s) for s in shapes]
+        counts = [sum(f[k] for f in flags) for k in range(3)]
+        slack = {True: oracle.slack(graph, True), False: oracle.slack(graph, False)}
+        route = self._route
+        legal = []
+        for pr, key, idx in candidates:
+            ops = key[0]
+            has_c = route(pr, (ops,) if type(ops) is int else ops, counts, flags)
+            if has_c is None or (pr.eid, has_c) in rejected or (pr.eid, True) in rejected:
+                continue
+            res = oracle.quick_fit(pr, w, slack[has_c])
+            if res is None:
+                res = oracle.check_prepared(graph, pr, has_c)
+                if res is None:
+                    new_rejected.append((pr.eid, has_c))
+                    continue
+            legal.append(idx)
+            succ[key] = (pr, res)
+        if new_rejected:
+            graph._rejected = rejected.union(new_rejected)
+        return legal
 
     def is_legal(self, graph: KernelGraph, action: int) -> bool:
         """True when ``action`` is allowed in ``graph`` (checks that one action only)."""
@@ -234,12 +296,13 @@ class SearchSpace:
                 mask = getattr(graph, "_mask", None)
                 key = (ops[0] if act.kind == "unary" else ops, pr.eid)
                 if mask is not None:
-                    res = graph._succ.get(key)
+                    entry = graph._succ.get(key)
                 else:
                     flags = [shape_flags(graph.branch_shape(i)) for i in range(graph.width)]
                     counts = [sum(f[k] for f in flags) for k in range(3)]
                     res = self._verdict(graph, pr, ops, counts, flags)
-                out = (res is not None, None if res is None else (pr, res[1] if mask is not None else res))
+                    entry = None if res is None else (pr, res)
+                out = (entry is not None, entry)
             else:
                 out = (True, None)
         cache[action] = out
@@ -263,15 +326,21 @@ class SearchSpace:
             return self.finish(graph)
         entry = self._single(graph, action)[1]
         witness, costs, domains = graph._witness, graph._witness_costs, getattr(graph, "_domains", None)
+        if entry is not None:
+            succ = self.oracle.successor(graph, *entry)
+        rejected = getattr(graph, "_rejected", None)
         g = graph if in_place else graph.copy()
-        for attr in ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb", "_single"):
+        for attr in _STATE_CACHES:
             g.__dict__.pop(attr, None)
+        if rejected is not None:
+            g._rejected = rejected  # constraints only grow: what was rejected stays rejected
         if act.kind == "fork":
             g.fork(act.operands[0])
         elif entry is None:  # same-shape zero-cost action: the witness carries over
             g.apply(act.prim, act.operands)
         else:
-            pr, (witness, costs, domains) = entry
+            pr = entry[0]
+            witness, costs, domains = succ
             new = {PLACEHOLDER: free_symbol(g.n_free)} if pr.new_syms else {}
             g.apply(act.prim, act.operands, inference=pr.inf.renamed(new))
             if new:
@@ -321,9 +390,9 @@ class SearchSpace:
             raise IllegalAction(f"cannot finish yet: {graph.steps} actions taken, at least {self.config.min_steps} needed")
         witness = graph._witness
         g = graph.copy()
-        for attr in ("_mask", "_succ", "_system", "_domains", "_lb", "_single"):
+        for attr in _STATE_CACHES:
             g.__dict__.pop(attr, None)
-        if self._close(g, objective):
+        if self._close(g, objective, witness):
             return g
         if objective == "feasible" and self.oracle.satisfies(g, witness):
             g.sizes = {s: SizeChoice(*witness[s]) for s in g.free_symbols}
@@ -338,7 +407,7 @@ class SearchSpace:
         while g.width > 1:
             g.apply(_ADD, (0, g.width - 1), closing=True)
 
-    def _close(self, g: KernelGraph, objective: str = "max_flops") -> bool:
+    def _close(self, g: KernelGraph, objective: str = "max_flops", witness: dict | None = None) -> bool:
         """Append the closing primitives; True when it also solved the sizes."""
         for i in range(g.width):
             for slot in (G_SLOT, KH_SLOT, KW_SLOT):
@@ -350,7 +419,7 @@ class SearchSpace:
                     self._fold(g, i, C_SLOT)
             self._merge_all(g)
             return False
-        if self._close_with_projection(g, objective):
+        if self._close_with_projection(g, objective, witness):
             return True
         for i in range(g.width):  # route c, cheapest: a 1 -> C projection of a pooled copy
             if not g.branch_shape(i)[C_SLOT].is_one:
@@ -363,10 +432,11 @@ class SearchSpace:
         g.apply(_ADD, (0, 1), closing=True)
         return False
 
-    def _close_with_projection(self, g: KernelGraph, objective: str = "max_flops") -> bool:
+    def _close_with_projection(self, g: KernelGraph, objective: str = "max_flops", witness: dict | None = None) -> bool:
         """Route c, preferred form: merge the branches and project the result to C.
 
-        Solves the sizes of that closing; False (and ``g`` untouched) when it
+        Solves the sizes of that closing (for ``"feasible"``, ``witness`` is
+        used when it fits, without CP-SAT); False (and ``g`` untouched) when it
         does not fit the budget."""
         trial = g.copy()
         keep = next((trial.branch_shape(i)[C_SLOT] for i in range(trial.width) if not trial.branch_shape(i)[C_SLOT].is_one), ONE)
@@ -375,6 +445,10 @@ class SearchSpace:
                 self._fold(trial, i, C_SLOT)
         self._merge_all(trial)
         trial.apply(Projection(out="C", grouped=False), (0,), closing=True)
+        if objective == "feasible" and witness is not None and self.oracle.satisfies(trial, witness):
+            trial.sizes = {s: SizeChoice(*witness[s]) for s in trial.free_symbols}
+            g.__dict__.update(trial.__dict__)
+            return True
         sizes, _ = solve_sizes(self.solver.problem(trial.constraints, trial.free_symbols), self.solver.config, objective)
         if sizes is None:
             return False

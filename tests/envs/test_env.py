@@ -107,3 +107,46 @@ def test_render_ansi_and_a_broken_evaluator_becomes_a_penalty():
 def test_default_placements_are_resnet18():
     env = gym.make(envs.ENV_ID).unwrapped
     assert env.space.placements == RESNET18_PLACEMENTS
+
+
+def test_incremental_observations_equal_observations_built_from_scratch():
+    from envs.kernel_construction import _GraphObserver
+
+    env = gym.make(envs.ENV_ID).unwrapped
+    env.action_space.seed(2)
+    kept = []
+    for ep in range(5):
+        obs, _ = env.reset(seed=ep)
+        done = False
+        while not done:
+            kept.append(obs)
+            obs, _, done, _, _ = env.step(env.action_space.sample())
+            g = env.kernel if done else env.graph
+            fresh = _GraphObserver(env.max_nodes).update(g)
+            for key, arr in zip(("nodes", "adjacency", "node_mask"), fresh):
+                assert np.array_equal(obs[key], arr), key
+    # observations handed out earlier are not changed by later steps
+    assert kept[0]["node_mask"].sum() == 1 and not kept[0]["adjacency"].any()
+
+
+def test_first_legal_sizes_finish_every_episode_and_bad_options_are_named():
+    env = gym.make(envs.ENV_ID, sizes="feasible", max_steps=12)
+    env.action_space.seed(4)
+    for ep in range(15):
+        env.reset(seed=ep)
+        done = False
+        while not done:
+            _, reward, done, _, info = env.step(env.action_space.sample())
+        assert info["status"] == "ok" and info["kernel"]["sizes"] is not None and np.isfinite(reward)
+    with pytest.raises(Exception, match="`sizes` must be 'max_flops' or 'feasible'"):
+        gym.make(envs.ENV_ID, sizes="fast")
+
+
+def test_a_mask_handed_out_cannot_corrupt_the_next_episode():
+    env = gym.make(envs.ENV_ID).unwrapped
+    _, info = env.reset(seed=0)
+    expected = info["action_mask"].copy()
+    info["action_mask"][:] = 0
+    env.action_masks()[:] = 0
+    _, info = env.reset(seed=1)
+    assert np.array_equal(info["action_mask"], expected)

@@ -67,6 +67,15 @@ def test_solved_sizes_change_the_kernel_hash_not_the_structure_hash():
     assert structure_hash(g) == s1 and kernel_hash(g) != h1
 
 
+def test_hashes_follow_a_graph_that_grows_in_place():
+    from kasrl.ir.primitives import Activation
+
+    g = build([("projection", (0,), dict(out="new", grouped=False))])
+    before = structure_hash(g)  # memoised on g
+    g.apply(Activation(fn="relu"), (0,))
+    assert structure_hash(g) == structure_hash(g.copy()) != before  # the copy hashes from scratch
+
+
 def test_hash_is_the_same_in_a_fresh_process():
     g = _two_branches(0, False)
     code = (

@@ -165,3 +165,43 @@ def test_completable_matches_a_search_over_explicit_finishing_steps():
         assert oracle == search, g.describe()
         verdicts.append(oracle)
     assert True in verdicts and False in verdicts
+
+
+def test_rejections_by_bounds_and_inherited_rejections_are_exact_at_resnet18():
+    """At ResNet-18's placements: every effect the bounds reject (coupled floors
+    included) has no sizes by CP-SAT, and the masks along an episode (which
+    carry rejections down) equal masks computed from scratch for the same state."""
+    from kasrl.solver.budget import RESNET18_PLACEMENTS
+
+    space = SearchSpace(RESNET18_PLACEMENTS)
+    oracle = space.oracle
+    rejected = []
+    bound_fails = oracle._bound_fails
+
+    def recording(graph, pr, domains, extra):
+        out = bound_fails(graph, pr, domains, extra)
+        if out:
+            rejected.append((graph.constraints.copy(), graph.free_symbols, pr, extra is oracle._no_extra))
+        return out
+
+    oracle._bound_fails = recording
+    rng = random.Random(7)
+    compared = 0
+    for _ in range(6):
+        g = space.reset()
+        while g.steps < space.config.max_steps:
+            mask = space.action_mask(g)
+            if g.steps % 4 == 3:
+                fresh = g.copy()  # no inherited rejections, no caches
+                oracle.set_witness(fresh, g._witness, g._witness_costs)
+                assert np.array_equal(space.action_mask(fresh), mask)
+                compared += 1
+            legal = [int(a) for a in np.flatnonzero(mask) if a != 0]
+            g = space.apply(g, rng.choice(legal))
+    oracle._bound_fails = bound_fails
+    assert compared >= 30 and len(rejected) >= 20
+    for cons, symbols, pr, has_c in rng.sample(rejected, 20):
+        cons.add(pr.inf)
+        extra = ((), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS)
+        prob = space.solver.problem(cons, symbols + tuple(pr.new_syms), *extra)
+        assert solve_sizes(prob, space.solver.config, "feasible", tie_break=False)[0] is None
