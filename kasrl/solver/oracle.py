@@ -142,6 +142,7 @@ class CompletionOracle:
         self._choices = [c for c in first if c in legal] + [c for c in legal if c not in first]
         self._all = tuple(self._choices)
         self._filter_cache: dict = {}
+        self._hopeless: dict = {}
         self._bounds_cache: dict = {}
         n = len(solver.placements)
         self._route_extra = (self.num.poly_float(ROUTE_C_FLOPS, {}), self.num.poly_float(ROUTE_C_PARAMS, {}))
@@ -246,6 +247,26 @@ class CompletionOracle:
                 else:
                     return Fit(cand, d_f, d_p)
         return None
+
+    def hopeless(self, pr: Prepared, has_c: bool) -> bool:
+        """True when the action alone, whatever the state before it, breaks the
+        budget or the tensor cap at its cheapest sizes (cached per effect and
+        route). A state's own costs are never negative, so such an action is
+        rejected in every state without looking at it."""
+        key = (pr.eid, has_c)
+        hit = self._hopeless.get(key)
+        if hit is None:
+            domains = {s: self._all for s in pr.old_syms + tuple(pr.new_syms)}
+            hit = not (
+                self._filter(domains, pr.integral, self.num.integral)
+                and self._filter(domains, pr.equal, self.num.equal_one)
+                and self._filter(domains, pr.volume, self.num.volume_ok)
+            ) or self._effect_bound_fails(pr, self._bounds(domains), self._floors(pr.integral + pr.equal), self._extra(has_c),
+                                          ([0.0] * len(self._lims_f), [0.0] * len(self._lims_p)))
+            if len(self._hopeless) > 200_000:
+                self._hopeless.clear()
+            self._hopeless[key] = hit
+        return hit
 
     def successor(self, graph: KernelGraph, pr: Prepared, res: tuple) -> tuple:
         """``(witness, costs, domains)`` of the state after an accepted action
@@ -477,7 +498,10 @@ class CompletionOracle:
         touched = set(pr.new_syms)
         for m in pr.volume + tuple(pr.inf.flops) + tuple(pr.inf.params):
             touched.update(m.free_symbols())
-        bounds = self._bounds({s: domains[s] for s in touched})
+        return self._effect_bound_fails(pr, self._bounds({s: domains[s] for s in touched}), floors, extra, base)
+
+    def _effect_bound_fails(self, pr: Prepared, bounds: dict, floors: dict, extra: tuple, base: tuple) -> bool:
+        """The action's tensors or its costs' lower bounds, on top of ``base``, break a limit."""
         for m in pr.volume:
             if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)):
                 return True

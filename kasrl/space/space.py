@@ -248,7 +248,7 @@ class SearchSpace:
         for pr, key, idx in candidates:
             ops = key[0]
             has_c = route(pr, (ops,) if type(ops) is int else ops, counts, flags)
-            if has_c is None or (pr.eid, has_c) in rejected or (pr.eid, True) in rejected:
+            if has_c is None or (pr.eid, has_c) in rejected or (pr.eid, True) in rejected or oracle.hopeless(pr, has_c):
                 continue
             res = oracle.quick_fit(pr, w, slack[has_c])
             if res is None:
