@@ -49,7 +49,10 @@ class MaskedDiscrete(spaces.Discrete):
 
     def sample(self, mask: np.ndarray | None = None, probability: np.ndarray | None = None) -> np.int64:
         if mask is None and probability is None:
-            mask = self._mask_fn()
+            # the env's own mask needs none of the checks Discrete.sample runs on a
+            # caller's mask; the same draw as Discrete.sample(mask)
+            legal = np.flatnonzero(self._mask_fn())
+            return self.start + self.dtype.type(self.np_random.choice(legal))
         return super().sample(mask=mask, probability=probability)
 
 

@@ -245,11 +245,15 @@ W = Monomial.symbol(W_ID)
 
 
 def product(monomials: Iterable[Monomial]) -> Monomial:
-    """Product of monomials."""
-    out = ONE
+    """Product of monomials (one new monomial, not one per factor: shapes' volumes are hot)."""
+    num = den = 1
+    powers: dict = {}
     for m in monomials:
-        out = out * m
-    return out
+        num *= m.num
+        den *= m.den
+        for s, p in m.powers:
+            powers[s] = powers.get(s, 0) + p
+    return Monomial(num, den, tuple(sorted((s, p) for s, p in powers.items() if p)))
 
 
 def parse_monomial(text: str) -> Monomial:

@@ -12,6 +12,7 @@ An *assignment* maps a free symbol id to ``(ratio, exp)`` (see
 from __future__ import annotations
 
 from fractions import Fraction
+from math import lcm
 from typing import Iterable, Mapping, Sequence
 
 from kasrl.ir.dims import C_ID, H_ID, W_ID, Monomial
@@ -105,12 +106,22 @@ class NumericModel:
         return out
 
     def poly(self, terms: Iterable[Monomial], w: Mapping) -> list:
-        """Exact value of a sum of monomials at each placement (Fractions)."""
-        out = [Fraction(0)] * len(self.placements)
+        """Exact value of a sum of monomials at each placement (Fractions).
+
+        Summed as integers over a common denominator (one Fraction per placement,
+        not one per term: this runs once per finished kernel and per placement)."""
+        nums = [0] * len(self.placements)
+        dens = [1] * len(self.placements)
         for m in terms:
             for i, (n, d) in enumerate(self.values(m, w)):
-                out[i] += Fraction(n, d)
-        return out
+                den = dens[i]
+                if d == den:
+                    nums[i] += n
+                else:
+                    common = lcm(den, d)
+                    nums[i] = nums[i] * (common // den) + n * (common // d)
+                    dens[i] = common
+        return [Fraction(n, d) for n, d in zip(nums, dens)]
 
     def min_value(self, m: Monomial, bounds: Mapping) -> list:
         """A lower bound (float) of ``m`` at each placement over independent symbol ranges.

@@ -34,7 +34,7 @@ __all__ = ["SearchSpace", "RESNET18_PLACEMENTS"]
 
 _ADD = Binary(op="add")
 # what the space and the oracle cache on a state (dropped when the state changes)
-_STATE_CACHES = ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb", "_single", "_slack", "_rejected", "_floors")
+_STATE_CACHES = ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb", "_single", "_slack", "_rejected", "_floors", "_lb_running")
 
 
 def _renamed(d: dict, mapping: dict) -> dict:
@@ -243,12 +243,16 @@ class SearchSpace:
         flags = [shape_flags(s) for s in shapes]
         counts = [sum(f[k] for f in flags) for k in range(3)]
         slack = {True: oracle.slack(graph, True), False: oracle.slack(graph, False)}
+        headroom = {True: oracle.headroom(graph, True), False: oracle.headroom(graph, False)}
         route = self._route
         legal = []
         for pr, key, idx in candidates:
             ops = key[0]
             has_c = route(pr, (ops,) if type(ops) is int else ops, counts, flags)
-            if has_c is None or (pr.eid, has_c) in rejected or (pr.eid, True) in rejected or oracle.hopeless(pr, has_c):
+            if has_c is None or (pr.eid, has_c) in rejected or (pr.eid, True) in rejected:
+                continue
+            if oracle.cannot_fit(pr, headroom[has_c]):
+                new_rejected.append((pr.eid, has_c))
                 continue
             res = oracle.quick_fit(pr, w, slack[has_c])
             if res is None:
@@ -329,11 +333,14 @@ class SearchSpace:
         if entry is not None:
             succ = self.oracle.successor(graph, *entry)
         rejected = getattr(graph, "_rejected", None)
+        running_lb = self.oracle.advance_lb(graph, None if entry is None else entry[0])
         g = graph if in_place else graph.copy()
         for attr in _STATE_CACHES:
             g.__dict__.pop(attr, None)
         if rejected is not None:
             g._rejected = rejected  # constraints only grow: what was rejected stays rejected
+        if running_lb is not None:
+            g._lb_running = running_lb
         if act.kind == "fork":
             g.fork(act.operands[0])
         elif entry is None:  # same-shape zero-cost action: the witness carries over
