@@ -30,6 +30,7 @@ witness), cached by the canonical form of the constraints.
 from __future__ import annotations
 
 from collections import Counter
+from operator import le
 from typing import NamedTuple, Sequence
 
 from kasrl.ir.dims import C, free_symbol
@@ -236,16 +237,13 @@ class CompletionOracle:
         keeps the action's own constraints and clearly fits the ``slack``, works;
         None when undecided (then :meth:`check_prepared` decides exactly)."""
         slack_f, slack_p = slack
-        for cand, d_f, d_p in self._effect_table(pr, w, tuple([w[s] for s in pr.old_syms])):
-            for d, s in zip(d_f, slack_f):  # explicit loops: this is the hottest code of a search
-                if d > s:
-                    break
-            else:
-                for d, s in zip(d_p, slack_p):
-                    if d > s:
-                        break
-                else:
-                    return Fit(cand, d_f, d_p)
+        wkey = tuple([w[s] for s in pr.old_syms])
+        table = self._effects.get((pr.eid, wkey))
+        if table is None:
+            table = self._effect_table(pr, w, wkey)
+        for cand, d_f, d_p in table:
+            if all(map(le, d_f, slack_f)) and all(map(le, d_p, slack_p)):  # C-level loops: the hottest code of a search
+                return Fit(cand, d_f, d_p)
         return None
 
     def effect_floor(self, pr: Prepared) -> tuple | None:
@@ -297,17 +295,10 @@ class CompletionOracle:
     def cannot_fit(self, pr: Prepared, headroom: tuple) -> bool:
         """A cheap, exact rejection: the action's own cheapest costs do not fit in
         the state's :meth:`headroom` (or its own constraints cannot hold).
-        Costs add up, so a lower bound of each part bounds the sum."""
+        Costs add up, so a lower bound of each part bounds the sum.
+        (:meth:`SearchSpace.action_mask` inlines this test.)"""
         floor = self.effect_floor(pr)
-        if floor is None:
-            return True
-        for d, h in zip(floor[0], headroom[0]):
-            if d > h:
-                return True
-        for d, h in zip(floor[1], headroom[1]):
-            if d > h:
-                return True
-        return False
+        return floor is None or not (all(map(le, floor[0], headroom[0])) and all(map(le, floor[1], headroom[1])))
 
     def advance_lb(self, graph: KernelGraph, pr: Prepared | None) -> tuple | None:
         """The running lower bound of the state after applying ``pr`` to ``graph``

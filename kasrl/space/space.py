@@ -14,6 +14,7 @@ The environment, the random sampler and the DEAP decoder all go through a
 
 from __future__ import annotations
 
+from operator import le
 from typing import Sequence
 
 import numpy as np
@@ -169,8 +170,8 @@ class SearchSpace:
 
     def _groups_at(self, shapes: tuple, position: int) -> tuple:
         """:meth:`_applicable` with action indices: ``(trivial action indices,
-        [(Prepared, successor key, action indices)])`` for the branch (unary) or
-        the branch pair (binary) at ``position`` (cached)."""
+        [(Prepared, successor key, action indices, operand branches)])`` for the
+        branch (unary) or the branch pair (binary) at ``position`` (cached)."""
         key = (shapes, position)
         hit = self._groups_cache.get(key)
         if hit is not None:
@@ -179,14 +180,14 @@ class SearchSpace:
         table = self.table
         if len(shapes) == 1:
             stride, base, ops = self.config.max_width, table.unary_offset + position, position
-            hit = (base + trivial * stride, [(pr, (ops, pr.eid), base + np.concatenate((c, n)) * stride) for pr, c, n in groups])
+            hit = (base + trivial * stride, [(pr, (ops, pr.eid), base + np.concatenate((c, n)) * stride, (ops,)) for pr, c, n in groups])
         else:
             stride, base, ops = len(table.pairs), table.binary_offset + position, table.pairs[position]
             out = []
             for pr, c, n in groups:
                 idx = n if ops[0] > ops[1] else np.concatenate((c, n))
                 if len(idx):  # else commutative ops only: the other order is the same kernel
-                    out.append((pr, (ops, pr.eid), base + idx * stride))
+                    out.append((pr, (ops, pr.eid), base + idx * stride, ops))
             hit = (trivial[:0], out)
         if len(self._groups_cache) > 200_000:
             self._groups_cache.clear()
@@ -235,30 +236,47 @@ class SearchSpace:
         return mask
 
     def _decide(self, graph: KernelGraph, shapes: list, candidates: list, succ: dict) -> list:
-        """The action indices of the candidate effects the oracle accepts; fills ``succ``."""
+        """The action indices of the candidate effects the oracle accepts; fills ``succ``.
+
+        The hottest loop of a search, so the cheap verdicts are inlined: the route
+        (H and W must survive; whether a branch keeps C channels), the
+        rejections carried down the episode (``2 * eid + has_c``; a rejection
+        with C kept implies one without), the cost floors
+        (:meth:`CompletionOracle.cannot_fit`), then the witness
+        (:meth:`CompletionOracle.quick_fit`) and the exact check."""
         oracle = self.oracle
         w = oracle.state_witness(graph)
         rejected = getattr(graph, "_rejected", frozenset())
         new_rejected = []
         flags = [shape_flags(s) for s in shapes]
-        counts = [sum(f[k] for f in flags) for k in range(3)]
-        slack = {True: oracle.slack(graph, True), False: oracle.slack(graph, False)}
-        headroom = {True: oracle.headroom(graph, True), False: oracle.headroom(graph, False)}
-        route = self._route
+        h0, w0, c0 = (sum(f[k] for f in flags) for k in range(3))
+        slack = (oracle.slack(graph, False), oracle.slack(graph, True))
+        headroom = (oracle.headroom(graph, False), oracle.headroom(graph, True))
+        floors = oracle.effect_floor
+        quick_fit = oracle.quick_fit
         legal = []
-        for pr, key, idx in candidates:
-            ops = key[0]
-            has_c = route(pr, (ops,) if type(ops) is int else ops, counts, flags)
-            if has_c is None or (pr.eid, has_c) in rejected or (pr.eid, True) in rejected:
+        for pr, key, idx, ops in candidates:
+            h, wd, c = h0, w0, c0
+            for i in ops:
+                fh, fw, fc = flags[i]
+                h, wd, c = h - fh, wd - fw, c - fc
+            out_h, out_w, out_c = pr.flags
+            if not (h + out_h and wd + out_w):
+                continue  # H or W would be gone for good
+            has_c = 1 if c + out_c else 0
+            code = 2 * pr.eid
+            if code + has_c in rejected or code + 1 in rejected:
                 continue
-            if oracle.cannot_fit(pr, headroom[has_c]):
-                new_rejected.append((pr.eid, has_c))
+            floor = floors(pr)
+            room = headroom[has_c]
+            if floor is None or not (all(map(le, floor[0], room[0])) and all(map(le, floor[1], room[1]))):
+                new_rejected.append(code + has_c)
                 continue
-            res = oracle.quick_fit(pr, w, slack[has_c])
+            res = quick_fit(pr, w, slack[has_c])
             if res is None:
-                res = oracle.check_prepared(graph, pr, has_c)
+                res = oracle.check_prepared(graph, pr, bool(has_c))
                 if res is None:
-                    new_rejected.append((pr.eid, has_c))
+                    new_rejected.append(code + has_c)
                     continue
             legal.append(idx)
             succ[key] = (pr, res)
