@@ -59,11 +59,25 @@ class MaskedDiscrete(spaces.Discrete):
 _TAIL = len(_FAMILY_INDEX) + 6 * _SLOT_FEATURES  # then: closing, new sizes, depth, fan-out, open branch
 
 
+_FEATURES: dict = {}
+
+
 def _node_features(node) -> np.ndarray:
     """The features a node keeps for life (family, per-slot shape, closing, new sizes);
-    depth, fan-out and the open-branch flag are filled in per state."""
-    f = np.zeros(NODE_FEATURES, dtype=np.float32)
+    depth, fan-out and the open-branch flag are filled in per state. Cached by
+    what they depend on (the same rows recur across episodes); read-only."""
     family = "input" if node.prim is None else node.prim.family
+    key = (family, node.shape, node.closing, bool(node.symbols))
+    hit = _FEATURES.get(key)
+    if hit is None:
+        if len(_FEATURES) > 100_000:
+            _FEATURES.clear()
+        hit = _FEATURES[key] = _compute_node_features(node, family)
+    return hit
+
+
+def _compute_node_features(node, family: str) -> np.ndarray:
+    f = np.zeros(NODE_FEATURES, dtype=np.float32)
     f[_FAMILY_INDEX[family]] = 1.0
     base = len(_FAMILY_INDEX)
     for k, m in enumerate(node.shape):
@@ -96,37 +110,41 @@ class _GraphObserver:
 
     def reset(self) -> None:
         n = self.max_nodes
-        self.seen: list = []
+        self.n_seen = 0
+        self.last = None  # the last node seen: nodes are only appended, each a new object
         self.depth: list = []
-        self.users: list = []
+        self.max_depth = 0
+        self.depth_col = np.zeros(n)
+        self.users_col = np.zeros(n)
         self.nodes = np.zeros((n, NODE_FEATURES), dtype=np.float32)
         self.adjacency = np.zeros((n, n), dtype=np.float32)
         self.node_mask = np.zeros(n, dtype=np.float32)
 
     def update(self, g: KernelGraph) -> tuple:
-        k = len(self.seen)
-        if len(g.nodes) < k or any(a is not b for a, b in zip(self.seen, g.nodes)):
+        k = self.n_seen
+        if len(g.nodes) < k or (k and g.nodes[k - 1] is not self.last):
             self.reset()
             k = 0
         n = self.max_nodes
-        depth, users = self.depth, self.users
+        depth = self.depth
         for node in g.nodes[k:]:
-            depth.append(1 + max(depth[i] for i in node.inputs) if node.inputs else 0)
-            users.append(0)
+            d = 1 + max(depth[i] for i in node.inputs) if node.inputs else 0
+            depth.append(d)
+            self.max_depth = max(self.max_depth, d)
             for i in node.inputs:
-                users[i] += 1
+                if i < n:
+                    self.users_col[i] += 1
             if node.id < n:
+                self.depth_col[node.id] = d
                 self.nodes[node.id] = _node_features(node)
                 self.adjacency[node.id, list(node.inputs)] = 1.0
-        self.seen = list(g.nodes)
+        self.n_seen, self.last = len(g.nodes), g.nodes[-1]
         shown = min(len(g.nodes), n)
-        scale = max(max(depth), 8)
         rows = self.nodes[:shown]
-        rows[:, _TAIL + 2] = np.minimum(np.asarray(depth[:shown], dtype=np.float64) / scale, 1.0)
-        rows[:, _TAIL + 3] = np.minimum(np.asarray(users[:shown], dtype=np.float64) / 4.0, 1.0)
+        rows[:, _TAIL + 2] = np.minimum(self.depth_col[:shown] / max(self.max_depth, 8), 1.0)
+        rows[:, _TAIL + 3] = np.minimum(self.users_col[:shown] / 4.0, 1.0)
         rows[:, _TAIL + 4] = 0.0
-        open_rows = [b for b in g.branches if b < n]
-        rows[open_rows, _TAIL + 4] = 1.0
+        rows[[b for b in g.branches if b < n], _TAIL + 4] = 1.0
         self.node_mask[:shown] = 1.0
         return self.nodes.copy(), self.adjacency.copy(), self.node_mask.copy()
 

@@ -7,6 +7,8 @@ multiply-add counts 2, and only convolutions and matrix products are counted
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -15,28 +17,33 @@ from kasrl.ir.graph import KernelGraph, poly_terms
 from kasrl.solver.budget import Placement, conv3x3_flops, conv3x3_params
 from kasrl.solver.numeric import NumericModel
 
-__all__ = ["analytic_cost", "measured_cost", "cost_report"]
+__all__ = ["analytic_cost", "analytic_costs", "measured_cost", "cost_report", "cost_reports"]
 
 
 def analytic_cost(graph: KernelGraph, p: Placement) -> tuple:
     """``(flops per sample, parameters)`` of a solved kernel at ``p``, from its formulas."""
-    num = _numeric_model(p)
+    return analytic_costs(graph, (p,))[0]
+
+
+def analytic_costs(graph: KernelGraph, placements: Sequence[Placement]) -> list:
+    """:func:`analytic_cost` at each placement (one pass over the formulas)."""
+    num = _numeric_model(tuple(placements))
     w = {s: (c.ratio, c.exp) for s, c in (graph.sizes or {}).items()}
-    flops = num.poly(poly_terms(graph.constraints.flops), w)[0]
-    params = num.poly(poly_terms(graph.constraints.params), w)[0]
-    return int(flops), int(params)
+    flops = num.poly(poly_terms(graph.constraints.flops), w)
+    params = num.poly(poly_terms(graph.constraints.params), w)
+    return [(int(f), int(q)) for f, q in zip(flops, params)]
 
 
 _MODELS: dict = {}
 
 
-def _numeric_model(p: Placement) -> NumericModel:
-    """Exact integer evaluation at ``p``, with each monomial compiled once (cached per placement)."""
-    hit = _MODELS.get(p)
+def _numeric_model(placements: tuple) -> NumericModel:
+    """Exact integer evaluation at ``placements``, each monomial compiled once (cached)."""
+    hit = _MODELS.get(placements)
     if hit is None:
         if len(_MODELS) > 64:
             _MODELS.clear()
-        hit = _MODELS[p] = NumericModel((p,), ())
+        hit = _MODELS[placements] = NumericModel(placements, ())
     return hit
 
 
@@ -50,7 +57,16 @@ def measured_cost(module: nn.Module, p: Placement, batch: int = 1) -> tuple:
 
 def cost_report(graph: KernelGraph, p: Placement) -> dict:
     """Analytic FLOPs/params and their ratios to a 3x3 convolution at ``p``."""
-    flops, params = analytic_cost(graph, p)
+    return _report(analytic_cost(graph, p), p)
+
+
+def cost_reports(graph: KernelGraph, placements: Sequence[Placement]) -> list:
+    """:func:`cost_report` at each placement (one pass over the formulas)."""
+    return [_report(cost, p) for cost, p in zip(analytic_costs(graph, placements), placements)]
+
+
+def _report(cost: tuple, p: Placement) -> dict:
+    flops, params = cost
     return {
         "flops": flops,
         "params": params,

@@ -127,12 +127,12 @@ class AnalyticEvaluator(Evaluator):
         self.task_fingerprint = "analytic:" + ",".join(str(p) for p in self.placements) + f":{capacity}"
 
     def evaluate(self, kernel: KernelGraph) -> EvalResult:
-        from kasrl.analysis import cost_report
+        from kasrl.analysis import cost_reports
 
         start = time.perf_counter()
         try:
             h = kernel_hash(kernel)
-            reports = [cost_report(kernel, p) for p in self.placements]
+            reports = cost_reports(kernel, self.placements)
         except Exception as e:  # a kernel that cannot even be costed
             return failure(Status.BUILD_ERROR, f"{type(e).__name__}: {e}", fidelity=self.fidelity)
         fr = math.exp(sum(math.log(max(r["flops_ratio"], FLOOR)) for r in reports) / len(reports))

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from kasrl.analysis import analytic_cost, measured_cost
+from kasrl.analysis import analytic_cost, analytic_costs, measured_cost
 from kasrl.codegen.module import build_module
 from kasrl.errors import SolverInfeasible
 from kasrl.ir.dims import free_symbol
@@ -106,6 +106,7 @@ def test_every_solved_random_kernel_builds_runs_and_matches_its_flops():
         for p, lim in zip(RESNET18_PLACEMENTS, space.solver.limits):
             flops, params = analytic_cost(g, p)
             assert flops <= lim.flops and params <= lim.params
+        assert analytic_costs(g, RESNET18_PLACEMENTS) == [analytic_cost(g, p) for p in RESNET18_PLACEMENTS]
         for p in small + [RESNET18_PLACEMENTS[-1]]:
             try:
                 m = build_module(g, *p)
