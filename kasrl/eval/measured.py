@@ -1,9 +1,10 @@
 """The measured evaluator: real latency and proxy-trained accuracy, cached in the store.
 
->>> # doctest: +SKIP
->>> ev = MeasuredEvaluator("fashion_mnist_cnn", store=SQLiteStore("runs/results.db"))
->>> result = ev.evaluate(kernel)          # EvalResult; a repeated kernel costs nothing
->>> result.metrics["speedup"], result.metrics["accuracy"], result.reward
+>>> ev = MeasuredEvaluator("fashion_mnist_cnn", store=SQLiteStore("runs/results.db"))  # doctest: +SKIP
+>>> result = ev.evaluate(kernel)  # doctest: +SKIP
+>>> result.metrics["speedup"], result.metrics["accuracy"], result.reward  # doctest: +SKIP
+
+(``evaluate`` returns an :class:`EvalResult`; a repeated kernel costs nothing.)
 """
 
 from __future__ import annotations
