@@ -129,6 +129,12 @@ class KernelGraph:
         self.peak_width = 1  # the most branches open at once
 
     # -- copying --------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Pickle the graph itself, not what a search space or the oracle cached on it
+        (underscored attributes): those hold process-local ids (effect ids,
+        successor tables) and are rebuilt on demand in the receiving process."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     def copy(self) -> "KernelGraph":
         """An independent copy (nodes are immutable and shared)."""
         g = KernelGraph.__new__(KernelGraph)

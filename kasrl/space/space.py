@@ -198,7 +198,9 @@ class SearchSpace:
         """``int8`` mask over the action table: 1 where the action is legal.
 
         Never all zero for a state reached through legal actions: finishing is
-        legal from ``min_steps`` on, and an activation always is before.
+        legal from ``min_steps`` on, and an activation always is before. The
+        array is cached on the state (a reset state's is shared by every
+        episode): copy it before writing to it.
 
         Each effect (the constraints and costs an action adds) is decided once
         per state: first by the state's witness (:meth:`CompletionOracle.quick_fit`),
@@ -246,6 +248,8 @@ class SearchSpace:
         (:meth:`CompletionOracle.quick_fit`) and the exact check."""
         oracle = self.oracle
         w = oracle.state_witness(graph)
+        if w is None:  # the state itself cannot be finished, so no state after it can
+            return []
         rejected = getattr(graph, "_rejected", frozenset())
         new_rejected = []
         flags = [shape_flags(s) for s in shapes]
