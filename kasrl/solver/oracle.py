@@ -20,11 +20,19 @@ plus the route's extra cost, have a solution. The oracle decides exactly that.
 its constraints. A candidate action is accepted at once when the witness,
 extended with the cheapest values for the action's new sizes, still satisfies
 every constraint (exact integer arithmetic; floats for costs, re-checked
-exactly near a limit). Otherwise the sizes the action touches are re-chosen one
-at a time (a local repair). It is rejected when propagated per-size domains
-empty out or when lower bounds over those domains already break a limit. Only
-the remaining cases go to CP-SAT (minimising cost, which also gives the next
+exactly near a limit). Otherwise one size at a time is re-chosen (those the
+action touches first, then any other one that makes room: a local repair). It
+is rejected when propagated per-size domains empty out or when lower bounds over
+those domains already break a limit (a cost term whose free part must be
+integral is at least its static part, which independent ranges miss). Only the
+remaining cases go to CP-SAT (minimising cost, which also gives the next
 witness), cached by the canonical form of the constraints.
+
+Before any of that, the mask's loop (:meth:`SearchSpace.action_mask`) rejects an
+action whose own cheapest cost (:meth:`CompletionOracle.effect_floor`, cached per
+effect) does not fit above a running lower bound of the state's costs
+(:meth:`CompletionOracle.headroom`), and skips effects rejected earlier in the
+episode: constraints only grow, so those verdicts carry over.
 """
 
 from __future__ import annotations
