@@ -27,24 +27,11 @@ def analytic_cost(graph: KernelGraph, p: Placement) -> tuple:
 
 def analytic_costs(graph: KernelGraph, placements: Sequence[Placement]) -> list:
     """:func:`analytic_cost` at each placement (one pass over the formulas)."""
-    num = _numeric_model(tuple(placements))
+    num = NumericModel.shared(placements)
     w = {s: (c.ratio, c.exp) for s, c in (graph.sizes or {}).items()}
     flops = num.poly(poly_terms(graph.constraints.flops), w)
     params = num.poly(poly_terms(graph.constraints.params), w)
     return [(int(f), int(q)) for f, q in zip(flops, params)]
-
-
-_MODELS: dict = {}
-
-
-def _numeric_model(placements: tuple) -> NumericModel:
-    """Exact integer evaluation at ``placements``, each monomial compiled once (cached)."""
-    hit = _MODELS.get(placements)
-    if hit is None:
-        if len(_MODELS) > 64:
-            _MODELS.clear()
-        hit = _MODELS[placements] = NumericModel(placements, ())
-    return hit
 
 
 def measured_cost(module: nn.Module, p: Placement, batch: int = 1) -> tuple:

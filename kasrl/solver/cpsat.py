@@ -88,22 +88,6 @@ def _choice_values(choice: tuple, placements: tuple) -> list:
     return [float(p.c) ** int(choice[0]) * 2.0 ** choice[1] for p in placements]
 
 
-_MODELS: dict = {}
-
-
-def _numeric_model(placements: tuple, limits: tuple):
-    """A :class:`NumericModel` per (placements, limits), so compiled monomials are reused across solves."""
-    from kasrl.solver.numeric import NumericModel
-
-    key = (placements, limits)
-    hit = _MODELS.get(key)
-    if hit is None:
-        if len(_MODELS) > 64:
-            _MODELS.clear()
-        hit = _MODELS[key] = NumericModel(placements, limits)
-    return hit
-
-
 def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | None:
     """Per-symbol choices that can still be part of a solution, or None if none can.
 
@@ -112,7 +96,9 @@ def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | 
     at its cheapest, the sum already breaks the limit (with a 1e-9 relative
     margin, so float rounding never removes a feasible choice).
     """
-    num = _numeric_model(prob.placements, prob.limits)
+    from kasrl.solver.numeric import NumericModel
+
+    num = NumericModel.shared(prob.placements, prob.limits)
     doms = {s: domain.choices() for s in prob.symbols}
     checks = []
     if "integral" in only:

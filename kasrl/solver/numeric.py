@@ -30,6 +30,20 @@ class NumericModel:
         self._compiled: dict = {}
         self._compiled_f: dict = {}
 
+    _shared: dict = {}
+
+    @classmethod
+    def shared(cls, placements: Sequence[Placement], limits: Sequence[Limits] = ()) -> "NumericModel":
+        """One model per (placements, limits), so compiled monomials are reused
+        across callers and calls (the limits only matter to :meth:`volume_ok`)."""
+        key = (tuple(placements), tuple(limits))
+        hit = cls._shared.get(key)
+        if hit is None:
+            if len(cls._shared) > 64:
+                cls._shared.clear()
+            hit = cls._shared[key] = cls(*key)
+        return hit
+
     def compile(self, m: Monomial) -> tuple:
         """``(free_part, ((num, den, c), ...))`` for monomial ``m``."""
         hit = self._compiled.get(m)

@@ -227,16 +227,21 @@ class CompletionOracle:
         """``(flops, params)`` per placement that an action may still add to ``graph``
         and clearly fit, route cost included (a 1e-9 relative margin below each
         limit, so a float sum that passes is within budget exactly). Cached per state."""
+        return self._room(graph, ("slack", has_c), lambda: graph._witness_costs, 1 - 1e-9)
+
+    def _room(self, graph: KernelGraph, key: tuple, base, factor: float) -> tuple:
+        """``(flops, params)`` per placement between ``factor`` x each limit and
+        ``base()`` plus the route cost of ``key[1]`` (cached on the state under ``key``)."""
         cache = graph.__dict__.setdefault("_slack", {})
-        hit = cache.get(has_c)
+        hit = cache.get(key)
         if hit is None:
-            base_f, base_p = graph._witness_costs
-            x_f, x_p = self._extra(has_c)
+            base_f, base_p = base()
+            x_f, x_p = self._extra(key[1])
             hit = (
-                [lim * (1 - 1e-9) - b - x for lim, b, x in zip(self._lims_f, base_f, x_f)],
-                [lim * (1 - 1e-9) - b - x for lim, b, x in zip(self._lims_p, base_p, x_p)],
+                [lim * factor - b - x for lim, b, x in zip(self._lims_f, base_f, x_f)],
+                [lim * factor - b - x for lim, b, x in zip(self._lims_p, base_p, x_p)],
             )
-            cache[has_c] = hit
+            cache[key] = hit
         return hit
 
     def quick_fit(self, pr: Prepared, w: dict, slack: tuple) -> Fit | None:
@@ -268,12 +273,7 @@ class CompletionOracle:
                 and self._filter(domains, pr.equal, self.num.equal_one)
                 and self._filter(domains, pr.volume, self.num.volume_ok)
             ):
-                bounds = self._bounds(domains)
-                if not any(
-                    v > lim.volume * (1 + 1e-9) for m in pr.volume for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)
-                ):
-                    floors = self._floors(pr.integral + pr.equal)
-                    hit = (self._lb(pr.inf.flops, bounds, floors), self._lb(pr.inf.params, bounds, floors))
+                hit = self._effect_lb(pr, self._bounds(domains), self._floors(pr.integral + pr.equal))
             if len(self._effect_floors) > 200_000:
                 self._effect_floors.clear()
             self._effect_floors[pr.eid] = hit
@@ -287,24 +287,13 @@ class CompletionOracle:
         Along an episode the bound is kept running (:meth:`advance_lb`): the
         previous state's bound plus the action's floor, a valid bound that costs
         nothing to update."""
-        cache = graph.__dict__.setdefault("_slack", {})
-        key = ("headroom", has_c)
-        hit = cache.get(key)
-        if hit is None:
-            base_f, base_p = getattr(graph, "_lb_running", None) or self._state_lb(graph)
-            x_f, x_p = self._extra(has_c)
-            hit = (
-                [lim * (1 + 1e-9) - b - x for lim, b, x in zip(self._lims_f, base_f, x_f)],
-                [lim * (1 + 1e-9) - b - x for lim, b, x in zip(self._lims_p, base_p, x_p)],
-            )
-            cache[key] = hit
-        return hit
+        return self._room(graph, ("headroom", has_c), lambda: getattr(graph, "_lb_running", None) or self._state_lb(graph), 1 + 1e-9)
 
     def cannot_fit(self, pr: Prepared, headroom: tuple) -> bool:
         """A cheap, exact rejection: the action's own cheapest costs do not fit in
         the state's :meth:`headroom` (or its own constraints cannot hold).
         Costs add up, so a lower bound of each part bounds the sum.
-        (:meth:`SearchSpace.action_mask` inlines this test.)"""
+        """
         floor = self.effect_floor(pr)
         return floor is None or not (all(map(le, floor[0], headroom[0])) and all(map(le, floor[1], headroom[1])))
 
@@ -530,46 +519,50 @@ class CompletionOracle:
         """Lower bounds of the state's own FLOPs and params per placement over its domains (cached on it)."""
         base = getattr(graph, "_lb", None)
         if base is None:
-            c = graph.constraints
             domains = self.domains(graph)
             if domains is None:  # no sizes at all: nothing fits
                 inf = [float("inf")] * len(self._lims_f)
                 base = (inf, inf)
             else:
-                b0 = self._bounds(domains)
-                floors = self._state_floors(graph)
-                base = (self._lb(poly_terms(c.flops), b0, floors), self._lb(poly_terms(c.params), b0, floors))
+                base = self._costs_lb(graph, domains)
             graph._lb = base
         return base
+
+    def _costs_lb(self, graph: KernelGraph, domains: dict) -> tuple:
+        """Lower bounds of the state's own FLOPs and params per placement over ``domains``."""
+        c = graph.constraints
+        bounds, floors = self._bounds(domains), self._state_floors(graph)
+        return self._lb(poly_terms(c.flops), bounds, floors), self._lb(poly_terms(c.params), bounds, floors)
+
+    def _effect_lb(self, pr: Prepared, bounds: dict, floors: dict) -> tuple | None:
+        """Lower bounds of the action's own FLOPs and params per placement over
+        ``bounds``, or None when one of its tensors breaks the cap whatever the sizes."""
+        for m in pr.volume:
+            if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)):
+                return None
+        return self._lb(pr.inf.flops, bounds, floors), self._lb(pr.inf.params, bounds, floors)
 
     def _bound_fails(self, graph: KernelGraph, pr: Prepared, domains: dict, extra: tuple) -> bool:
         """Lower bounds over independent domains already break a limit.
 
         The state's own costs are bounded once per state over its domains (a
         valid, slightly weaker bound when the action narrows a domain)."""
-        c = graph.constraints
         base_domains = self.domains(graph)
-        floors = self._state_floors(graph)
         if any(len(domains[s]) < len(base_domains[s]) for s in base_domains):  # the action narrowed a size
-            b0 = self._bounds(domains)
-            base = (self._lb(poly_terms(c.flops), b0, floors), self._lb(poly_terms(c.params), b0, floors))
+            base = self._costs_lb(graph, domains)
         else:
             base = self._state_lb(graph)
+        floors = self._state_floors(graph)
         own = self._floors(pr.integral + pr.equal)
         if own:
             floors = {**floors, **{f: [max(a, b) for a, b in zip(v, floors.get(f, v))] for f, v in own.items()}}
         touched = set(pr.new_syms)
         for m in pr.volume + tuple(pr.inf.flops) + tuple(pr.inf.params):
             touched.update(m.free_symbols())
-        return self._effect_bound_fails(pr, self._bounds({s: domains[s] for s in touched}), floors, extra, base)
-
-    def _effect_bound_fails(self, pr: Prepared, bounds: dict, floors: dict, extra: tuple, base: tuple) -> bool:
-        """The action's tensors or its costs' lower bounds, on top of ``base``, break a limit."""
-        for m in pr.volume:
-            if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)):
-                return True
-        d_f = self._lb(pr.inf.flops, bounds, floors)
-        d_p = self._lb(pr.inf.params, bounds, floors)
+        lb = self._effect_lb(pr, self._bounds({s: domains[s] for s in touched}), floors)
+        if lb is None:
+            return True
+        d_f, d_p = lb
         lb_f = [a + b for a, b in zip(base[0], d_f)]
         lb_p = [a + b for a, b in zip(base[1], d_p)]
         for i, lim in enumerate(self.solver.limits):

@@ -14,7 +14,6 @@ The environment, the random sampler and the DEAP decoder all go through a
 
 from __future__ import annotations
 
-from operator import le
 from typing import Sequence
 
 import numpy as np
@@ -240,11 +239,10 @@ class SearchSpace:
     def _decide(self, graph: KernelGraph, shapes: list, candidates: list, succ: dict) -> list:
         """The action indices of the candidate effects the oracle accepts; fills ``succ``.
 
-        The hottest loop of a search, so the cheap verdicts are inlined: the route
-        (H and W must survive; whether a branch keeps C channels), the
-        rejections carried down the episode (``2 * eid + has_c``; a rejection
-        with C kept implies one without), the cost floors
-        (:meth:`CompletionOracle.cannot_fit`), then the witness
+        Per effect, cheapest first: the route (H and W must survive; whether a
+        branch keeps C channels), the rejections carried down the episode
+        (``2 * eid + has_c``; a rejection with C kept implies one without), the
+        cost floors (:meth:`CompletionOracle.cannot_fit`), then the witness
         (:meth:`CompletionOracle.quick_fit`) and the exact check."""
         oracle = self.oracle
         w = oracle.state_witness(graph)
@@ -253,30 +251,22 @@ class SearchSpace:
         rejected = getattr(graph, "_rejected", frozenset())
         new_rejected = []
         flags = [shape_flags(s) for s in shapes]
-        h0, w0, c0 = (sum(f[k] for f in flags) for k in range(3))
+        counts = [sum(f[k] for f in flags) for k in range(3)]
         slack = (oracle.slack(graph, False), oracle.slack(graph, True))
         headroom = (oracle.headroom(graph, False), oracle.headroom(graph, True))
-        floors = oracle.effect_floor
-        quick_fit = oracle.quick_fit
         legal = []
         for pr, key, idx, ops in candidates:
-            h, wd, c = h0, w0, c0
-            for i in ops:
-                fh, fw, fc = flags[i]
-                h, wd, c = h - fh, wd - fw, c - fc
-            out_h, out_w, out_c = pr.flags
-            if not (h + out_h and wd + out_w):
+            keeps_c = self._route(pr, ops, counts, flags)
+            if keeps_c is None:
                 continue  # H or W would be gone for good
-            has_c = 1 if c + out_c else 0
+            has_c = int(keeps_c)
             code = 2 * pr.eid
             if code + has_c in rejected or code + 1 in rejected:
                 continue
-            floor = floors(pr)
-            room = headroom[has_c]
-            if floor is None or not (all(map(le, floor[0], room[0])) and all(map(le, floor[1], room[1]))):
+            if oracle.cannot_fit(pr, headroom[has_c]):
                 new_rejected.append(code + has_c)
                 continue
-            res = quick_fit(pr, w, slack[has_c])
+            res = oracle.quick_fit(pr, w, slack[has_c])
             if res is None:
                 res = oracle.check_prepared(graph, pr, bool(has_c))
                 if res is None:
