@@ -23,8 +23,7 @@ from collections import defaultdict
 import numpy as np
 
 from kasrl.eval.base import EvalResult
-from kasrl.ir.graph import KernelGraph
-from kasrl.space import SearchSpace
+from kasrl.space import SearchSpace, SearchState
 from kasrl.strategy import BestTracker, Proposal, Strategy
 
 __all__ = ["RandomSampler"]
@@ -72,13 +71,13 @@ class RandomSampler(Strategy):
         return cls(space, seed, steps=(cfg.min_steps, cfg.max_steps), widths=(min(2, cfg.max_width), cfg.max_width),
                    family_first=family_first, sizes=sizes)
 
-    def _choose(self, graph: KernelGraph, target: int, width_cap: int) -> int:
-        mask = self.space.action_mask(graph).copy()
-        if graph.steps < target and mask[1:].any():
+    def _choose(self, state: SearchState, target: int, width_cap: int) -> int:
+        mask = self.space.action_mask(state).copy()
+        if state.steps < target and mask[1:].any():
             mask[0] = 0
         elif mask[0]:
             return 0
-        if graph.width >= width_cap and len(self._fork_actions):
+        if state.width >= width_cap and len(self._fork_actions):
             saved = mask.copy()
             mask[self._fork_actions] = 0
             if not mask.any():

@@ -34,7 +34,7 @@ def states_at(space, n: int, count: int, rng: random.Random) -> list:
 
 def fresh_copy(space, g):
     c = g.copy()
-    space.oracle.set_witness(c, g._witness, g._witness_costs, getattr(g, "_domains", None))
+    space.oracle.set_witness(c, g.witness, g.witness_costs, g.domains)
     return c
 
 

@@ -55,12 +55,12 @@ def main() -> None:
                 bucket.append((time.perf_counter() - t) * 1e6)
             # action-level: one structurally applicable action, asked twice
             acts = [a for a in range(space.n_actions) if space.table[a].kind == "unary" and space.table[a].operands[0] < g.width
-                    and g.infer(space.table[a].prim, space.table[a].operands) is not None]
+                    and g.graph.infer(space.table[a].prim, space.table[a].operands) is not None]
             act = space.table[rng.choice(acts)]
-            inf = g.infer(act.prim, act.operands)
+            inf = g.graph.infer(act.prim, act.operands)
             fresh = CompletionOracle(space.solver)
             base = g.copy()
-            fresh.set_witness(base, g._witness, g._witness_costs)
+            fresh.set_witness(base, g.witness, g.witness_costs)
             for bucket in (cold_a, warm_a):
                 t = time.perf_counter()
                 fresh.check(base, inf, act.operands)

@@ -26,7 +26,7 @@ from kasrl.ir.serialize import to_document
 from kasrl.ir.shape import C_SLOT
 from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement
 from kasrl.solver.cpsat import SolverConfig
-from kasrl.space import FAMILIES, SearchSpace, SpaceConfig
+from kasrl.space import FAMILIES, SearchSpace, SearchState, SpaceConfig
 from kasrl.store.records import Status
 
 __all__ = ["KernelConstructionEnv", "MaskedDiscrete", "NODE_FEATURES"]
@@ -247,7 +247,7 @@ class KernelConstructionEnv(gym.Env):
                 "budget": spaces.Box(0.0, 1.0, (6,), np.float32),
             }
         )
-        self.graph: KernelGraph | None = None
+        self.state: SearchState | None = None
         self.kernel: KernelGraph | None = None
         self._done = False
         self._observer = _GraphObserver(n)
@@ -257,7 +257,7 @@ class KernelConstructionEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
         """Start a new kernel from the input tensor alone."""
         super().reset(seed=seed)
-        self.graph = self.space.reset()
+        self.state = self.space.reset()
         self.kernel = None
         self._done = False
         self._observer.reset()
@@ -271,20 +271,20 @@ class KernelConstructionEnv(gym.Env):
             IllegalAction: for a masked action when ``invalid_action="raise"``
                 (the state is left as it was).
         """
-        if self.graph is None or self._done:
+        if self.state is None or self._done:
             raise KasrlError("call reset() before step(): the episode has ended or not started")
         action = int(action)
-        if not self.space.is_legal(self.graph, action):
+        if not self.space.is_legal(self.state, action):
             if self.invalid_action == "raise":
-                self.space.apply(self.graph, action)  # raises IllegalAction with the reason
+                self.space.apply(self.state, action)  # raises IllegalAction with the reason
             info = {"action_mask": self.action_masks(), "error": f"action {action} is masked in this state"}
             return self._observation(), float(self.invalid_penalty), False, False, info
         act = self.space.table[action]
         if act.kind != "finish":
             peeked = self._peeked
-            reuse = peeked is not None and peeked[0] is self.graph and peeked[1] == action
-            self.graph = peeked[2] if reuse else self.space.apply(self.graph, action)
-            if self.graph.steps < self.space.config.max_steps:
+            reuse = peeked is not None and peeked[0] is self.state and peeked[1] == action
+            self.state = peeked[2] if reuse else self.space.apply(self.state, action)
+            if self.state.steps < self.space.config.max_steps:
                 return self._observation(), 0.0, False, False, {"action_mask": self.action_masks()}
         return self._finish()
 
@@ -297,32 +297,32 @@ class KernelConstructionEnv(gym.Env):
         same step together (:class:`agents.ppo.EvaluateTogetherVecEnv`).
         """
         action = int(action)
-        if self.graph is None or self._done or not self.space.is_legal(self.graph, action):
+        if self.state is None or self._done or not self.space.is_legal(self.state, action):
             return None
-        g = self.graph if self.space.table[action].kind == "finish" else self.space.apply(self.graph, action)
+        s = self.state if self.space.table[action].kind == "finish" else self.space.apply(self.state, action)
         kernel = None
-        if g is self.graph or g.steps >= self.space.config.max_steps:
+        if s is self.state or s.steps >= self.space.config.max_steps:
             try:
-                kernel = self.space.finish(g, self.sizes)
+                kernel = self.space.finish(s, self.sizes)
             except (SolverInfeasible, IllegalAction):
                 pass  # step() finishes again and records the failure
-        self._peeked = (self.graph, action, g, kernel)
+        self._peeked = (self.state, action, s, kernel)
         return kernel
 
     def action_masks(self) -> np.ndarray:
         """The legal actions of the current state (``int8``; sb3-contrib reads this)."""
-        if self.graph is None:
-            self.graph = self.space.reset()
+        if self.state is None:
+            self.state = self.space.reset()
         if self._done:
             return self.space.action_mask(self.space.reset()).copy()  # any legal move of a new episode
-        return self.space.action_mask(self.graph).copy()  # a copy: the space caches masks per state
+        return self.space.action_mask(self.state).copy()  # a copy: the space caches masks per state
 
     def render(self) -> str | None:
         """The kernel so far as text (``render_mode="ansi"``)."""
-        if self.render_mode != "ansi" or self.graph is None:
+        if self.render_mode != "ansi" or self.state is None:
             return None
-        g = self.kernel if self.kernel is not None else self.graph
-        head = f"steps {self.graph.steps}/{self.space.config.max_steps}, width {self.graph.width}"
+        g = self.kernel if self.kernel is not None else self.state.graph
+        head = f"steps {self.state.steps}/{self.space.config.max_steps}, width {self.state.width}"
         return head + "\n" + g.describe() + "\n"
 
     # -- internals ----------------------------------------------------------------
@@ -330,11 +330,11 @@ class KernelConstructionEnv(gym.Env):
         self._done = True
         peeked, self._peeked = self._peeked, None
         try:
-            reuse = peeked is not None and peeked[2] is self.graph and peeked[3] is not None
-            kernel = peeked[3] if reuse else self.space.finish(self.graph, self.sizes)
+            reuse = peeked is not None and peeked[2] is self.state and peeked[3] is not None
+            kernel = peeked[3] if reuse else self.space.finish(self.state, self.sizes)
         except (SolverInfeasible, IllegalAction) as e:
             result = failure(Status.BUDGET_VIOLATION, f"finishing failed: {e}", fidelity=self.evaluator.fidelity)
-            return self._observation(), result.reward, True, False, self._end_info(self.graph, result)
+            return self._observation(), result.reward, True, False, self._end_info(self.state.graph, result)
         self.kernel = kernel
         try:
             result = self.evaluator.evaluate(kernel)
@@ -354,19 +354,19 @@ class KernelConstructionEnv(gym.Env):
             "result": result,
         }
 
-    def _observation(self, graph: KernelGraph | None = None) -> dict:
-        g = graph if graph is not None else self.graph
+    def _observation(self, kernel: KernelGraph | None = None) -> dict:
+        g = kernel if kernel is not None else self.state.graph
         nodes, adjacency, node_mask = self._observer.update(g)
         branches = np.zeros((self.max_width, self.max_nodes), dtype=np.float32)
         for k, b in enumerate(g.branches[: self.max_width]):
             if b < self.max_nodes:
                 branches[k, b] = 1.0
-        return {"nodes": nodes, "adjacency": adjacency, "node_mask": node_mask, "branches": branches, "budget": self._budget_features(g)}
+        return {"nodes": nodes, "adjacency": adjacency, "node_mask": node_mask, "branches": branches, "budget": self._budget_features(g, kernel is None)}
 
-    def _budget_features(self, g: KernelGraph) -> np.ndarray:
+    def _budget_features(self, g: KernelGraph, open_state: bool) -> np.ndarray:
         cfg = self.space.config
         out = np.zeros(6, dtype=np.float32)
-        costs = getattr(g, "_witness_costs", None)
+        costs = self.state.witness_costs if open_state else None
         if costs is not None:
             lims = self.space.solver.limits
             out[0] = min(max(f / lim.flops for f, lim in zip(costs[0], lims)), 1.0)

@@ -44,7 +44,7 @@ import numpy as np
 from deap import base
 
 from kasrl.ir.graph import KernelGraph
-from kasrl.space import SearchSpace
+from kasrl.space import SearchSpace, SearchState
 from kasrl.space.config import Action
 
 __all__ = ["Decoded", "decode", "decode_steps", "finish_decoding", "choose_legal", "FitnessMax", "FitnessPareto", "Individual"]
@@ -143,20 +143,20 @@ class Decoded:
     repairs: int
 
 
-def choose_legal(space: SearchSpace, graph: KernelGraph, rng: random.Random, family_first: bool = True, allow_finish: bool = False,
+def choose_legal(space: SearchSpace, state: SearchState, rng: random.Random, family_first: bool = True, allow_finish: bool = False,
                  exclude: Sequence[int] = ()) -> int | None:
-    """A seeded draw among the legal actions of ``graph`` (None when there is none).
+    """A seeded draw among the legal actions of ``state`` (None when there is none).
 
     Args:
         space: the search space.
-        graph: the state to draw an action for.
+        state: the state to draw an action for.
         rng: the source of the draw.
         family_first: draw a primitive family uniformly, then one of its legal actions
             (uniform over actions would mostly draw convolutions).
         allow_finish: let the draw be the finish action (kept only when nothing else is legal).
         exclude: actions not to draw.
     """
-    mask = space.action_mask(graph).copy()
+    mask = space.action_mask(state).copy()
     for a in exclude:
         if 0 <= a < len(mask):
             mask[a] = 0
@@ -174,9 +174,9 @@ def choose_legal(space: SearchSpace, graph: KernelGraph, rng: random.Random, fam
     return rng.choice(by_family[family])
 
 
-def _nearest_same_template(space: SearchSpace, graph: KernelGraph, act: Action, mask: np.ndarray) -> int | None:
+def _nearest_same_template(space: SearchSpace, state: SearchState, act: Action, mask: np.ndarray) -> int | None:
     """The same fork/template on the nearest other branch (or pair) that is legal, deterministically."""
-    width = graph.width
+    width = state.width
     if act.kind in ("fork", "unary"):
         (i,) = act.operands
         candidates = sorted(range(width), key=lambda j: (abs(j - i), j))
@@ -194,26 +194,26 @@ def _nearest_same_template(space: SearchSpace, graph: KernelGraph, act: Action, 
     return None
 
 
-def _repair(space: SearchSpace, graph: KernelGraph, action: int, rng: random.Random, family_first: bool) -> int:
+def _repair(space: SearchSpace, state: SearchState, action: int, rng: random.Random, family_first: bool) -> int:
     """A legal replacement for the masked ``action`` (see the module docstring)."""
-    mask = space.action_mask(graph)
+    mask = space.action_mask(state)
     if 0 <= action < len(space.table):
         act = space.table[action]
-        same = _nearest_same_template(space, graph, act, mask)
+        same = _nearest_same_template(space, state, act, mask)
         if same is not None:
             return same
         family = [a for a in np.flatnonzero(mask) if a != 0 and space.table[int(a)].family == act.family]
         if family:
             return int(family[rng.randrange(len(family))])
-    choice = choose_legal(space, graph, rng, family_first, allow_finish=True)
+    choice = choose_legal(space, state, rng, family_first, allow_finish=True)
     return 0 if choice is None else choice
 
 
-def decode_steps(space: SearchSpace, graph: KernelGraph, genome: Sequence[int], rng: random.Random, family_first: bool = True) -> tuple:
-    """Take ``genome``'s actions from ``graph`` on (in place), repairing masked ones; do not finish.
+def decode_steps(space: SearchSpace, state: SearchState, genome: Sequence[int], rng: random.Random, family_first: bool = True) -> tuple:
+    """Take ``genome``'s actions from ``state`` on (in place), repairing masked ones; do not finish.
 
     Returns:
-        ``(graph, taken, repairs, done)``: the state, the actions taken, the repairs
+        ``(state, taken, repairs, done)``: the state, the actions taken, the repairs
         made, and True when the genome finished early (a legal finish, or the step
         cap; the rest of the genome is dropped and counted as repairs).
     """
@@ -222,34 +222,34 @@ def decode_steps(space: SearchSpace, graph: KernelGraph, genome: Sequence[int], 
     max_steps = space.config.max_steps
     genome = [int(a) for a in genome]
     for pos, a in enumerate(genome):
-        if a == 0 and space.is_legal(graph, 0):
-            return graph, taken, repairs + len(genome) - pos - 1, True  # a finish drops what follows it
-        if graph.steps >= max_steps:
-            return graph, taken, repairs + len(genome) - pos, True  # only finish is legal now
+        if a == 0 and space.is_legal(state, 0):
+            return state, taken, repairs + len(genome) - pos - 1, True  # a finish drops what follows it
+        if state.steps >= max_steps:
+            return state, taken, repairs + len(genome) - pos, True  # only finish is legal now
         if a == 0:
             repairs += 1  # too early to finish: skip it
             continue
-        if not space.is_legal(graph, a):
-            a = _repair(space, graph, a, rng, family_first)
+        if not space.is_legal(state, a):
+            a = _repair(space, state, a, rng, family_first)
             repairs += 1
             if a == 0:  # nothing but finish was legal
-                return graph, taken, repairs + len(genome) - pos - 1, True
+                return state, taken, repairs + len(genome) - pos - 1, True
         taken.append(a)
-        graph = space.apply(graph, a, in_place=True)
-    return graph, taken, repairs, False
+        state = space.apply(state, a, in_place=True)
+    return state, taken, repairs, False
 
 
-def finish_decoding(space: SearchSpace, graph: KernelGraph, taken: list, repairs: int, rng: random.Random,
+def finish_decoding(space: SearchSpace, state: SearchState, taken: list, repairs: int, rng: random.Random,
                     family_first: bool = True) -> Decoded:
-    """Finish ``graph`` (reached by ``taken``), adding seeded legal actions until finishing is legal."""
+    """Finish ``state`` (reached by ``taken``), adding seeded legal actions until finishing is legal."""
     taken = list(taken)
-    while not space.is_legal(graph, 0):
-        a = choose_legal(space, graph, rng, family_first)
+    while not space.is_legal(state, 0):
+        a = choose_legal(space, state, rng, family_first)
         repairs += 1
         taken.append(a)
-        graph = space.apply(graph, a, in_place=True)
+        state = space.apply(state, a, in_place=True)
     taken.append(0)
-    return Decoded(space.finish(graph), tuple(taken), repairs)
+    return Decoded(space.finish(state), tuple(taken), repairs)
 
 
 def decode(space: SearchSpace, genome: Sequence[int], rng: random.Random, family_first: bool = True) -> Decoded:

@@ -33,7 +33,7 @@ def rollout(space, rng: random.Random, lo: int = 5, hi: int = 25) -> KernelGraph
     """A random finished kernel: uniform over legal actions, finishing after a drawn count."""
     g = space.reset()
     target = rng.randint(lo, hi)
-    while g.sizes is None:
+    while not isinstance(g, KernelGraph):  # a search state until the finish action returns the kernel
         mask = space.action_mask(g)
         legal = np.flatnonzero(mask)
         assert len(legal) > 0, "empty mask"

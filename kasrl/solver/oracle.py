@@ -28,18 +28,32 @@ integral is at least its static part, which independent ranges miss). Only the
 remaining cases go to CP-SAT (minimising cost, which also gives the next
 witness), cached by the canonical form of the constraints.
 
-Before any of that, the mask's loop (:meth:`SearchSpace.action_mask`) rejects an
-action whose own cheapest cost (:meth:`CompletionOracle.effect_floor`, cached per
-effect) does not fit above a running lower bound of the state's costs
-(:meth:`CompletionOracle.headroom`), and skips effects rejected earlier in the
-episode: constraints only grow, so those verdicts carry over.
+**The mask's decision** (:meth:`CompletionOracle.decide`, for every candidate
+effect of a state that :meth:`kasrl.space.SearchSpace.action_mask` lists), cheapest
+test first:
+
+1. the route: H and W must survive on some branch, and whether a branch keeps
+   channel size ``C`` (route *a*) or not (route *c*, with its extra cost);
+2. rejections carried down the episode: constraints only grow, so an effect
+   rejected in an earlier state of the episode (with the same or a costlier
+   route) stays rejected;
+3. the cost floor: the action's own cheapest cost (:meth:`CompletionOracle.effect_floor`,
+   cached per effect) must fit above a running lower bound of the state's costs
+   (:meth:`CompletionOracle.headroom`);
+4. the witness fast path (:meth:`CompletionOracle.quick_fit`);
+5. the exact check (:meth:`CompletionOracle.check_prepared`): witness, bounds,
+   local repair, CP-SAT.
+
+What the oracle learns about a state (its witness and costs, domains, bounds,
+carried rejections) is kept on the :class:`~kasrl.space.state.SearchState`, never
+on the graph.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from operator import le
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from kasrl.ir.dims import C, free_symbol
 from kasrl.ir.graph import Constraints, KernelGraph, poly_terms
@@ -48,6 +62,9 @@ from kasrl.ir.shape import C_SLOT, H_SLOT, W_SLOT, Shape, volume
 from kasrl.solver.cpsat import solve_sizes
 from kasrl.solver.numeric import NumericModel
 from kasrl.solver.solve import SizeSolver
+
+if TYPE_CHECKING:  # the space imports the oracle, not the other way round
+    from kasrl.space.state import SearchState
 
 __all__ = ["CompletionOracle", "Fit", "Prepared", "route", "shape_flags", "ROUTE_C_FLOPS", "ROUTE_C_PARAMS"]
 
@@ -184,25 +201,26 @@ class CompletionOracle:
         self.cache[key] = w
         return w
 
-    def state_witness(self, graph: KernelGraph) -> dict | None:
-        """A witness for ``graph`` (cached on it), or None if it cannot be finished."""
-        w = getattr(graph, "_witness", None)
+    def state_witness(self, state: SearchState) -> dict | None:
+        """A witness for ``state`` (cached on it), or None if it cannot be finished."""
+        w = state.witness
         if w is not None:
             return w
+        graph = state.graph
         spatial_ok, has_c = route([graph.branch_shape(i) for i in range(graph.width)])
         if not spatial_ok:
             return None
         w = self._solve(graph.constraints, graph.free_symbols, has_c)
         if w is not None:
-            self.set_witness(graph, w)
+            self.set_witness(state, w)
         return w
 
-    def set_witness(self, graph: KernelGraph, w: dict, costs: tuple | None = None, domains: dict | None = None) -> None:
-        """Attach a witness (its costs, and optionally propagated domains) to a graph."""
-        graph._witness = w
-        graph._witness_costs = costs if costs is not None else self._costs(graph.constraints, w)
+    def set_witness(self, state: SearchState, w: dict, costs: tuple | None = None, domains: dict | None = None) -> None:
+        """Attach a witness (its costs, and optionally propagated domains) to a state."""
+        state.witness = w
+        state.witness_costs = costs if costs is not None else self._costs(state.graph.constraints, w)
         if domains is not None:
-            graph._domains = domains
+            state.domains = domains
 
     def satisfies(self, graph: KernelGraph, w: dict) -> bool:
         """True when ``w`` (symbol -> (ratio, exp)) satisfies every constraint of
@@ -218,21 +236,23 @@ class CompletionOracle:
         params = num.poly(poly_terms(c.params), w)
         return all(f <= lim.flops and p <= lim.params for f, p, lim in zip(flops, params, self.solver.limits))
 
-    def completable(self, graph: KernelGraph) -> bool:
-        """True when ``graph`` can still be finished legally within budget."""
-        return self.state_witness(graph) is not None
+    def completable(self, state: SearchState) -> bool:
+        """True when ``state`` can still be finished legally within budget."""
+        return self.state_witness(state) is not None
 
     # -- candidate actions ---------------------------------------------------------
-    def slack(self, graph: KernelGraph, has_c: bool) -> tuple:
-        """``(flops, params)`` per placement that an action may still add to ``graph``
+    def slack(self, state: SearchState, has_c: bool) -> tuple:
+        """``(flops, params)`` per placement that an action may still add to ``state``
         and clearly fit, route cost included (a 1e-9 relative margin below each
         limit, so a float sum that passes is within budget exactly). Cached per state."""
-        return self._room(graph, ("slack", has_c), lambda: graph._witness_costs, 1 - 1e-9)
+        return self._room(state, ("slack", has_c), lambda: state.witness_costs, 1 - 1e-9)
 
-    def _room(self, graph: KernelGraph, key: tuple, base, factor: float) -> tuple:
+    def _room(self, state: SearchState, key: tuple, base, factor: float) -> tuple:
         """``(flops, params)`` per placement between ``factor`` x each limit and
         ``base()`` plus the route cost of ``key[1]`` (cached on the state under ``key``)."""
-        cache = graph.__dict__.setdefault("_slack", {})
+        if state.room is None:
+            state.room = {}
+        cache = state.room
         hit = cache.get(key)
         if hit is None:
             base_f, base_p = base()
@@ -279,7 +299,7 @@ class CompletionOracle:
             self._effect_floors[pr.eid] = hit
         return hit
 
-    def headroom(self, graph: KernelGraph, has_c: bool) -> tuple:
+    def headroom(self, state: SearchState, has_c: bool) -> tuple:
         """``(flops, params)`` per placement left above the lower bound of the
         state's own costs (with the route's cost): an action whose
         :meth:`effect_floor` exceeds it anywhere cannot be completed (cached per state).
@@ -287,7 +307,7 @@ class CompletionOracle:
         Along an episode the bound is kept running (:meth:`advance_lb`): the
         previous state's bound plus the action's floor, a valid bound that costs
         nothing to update."""
-        return self._room(graph, ("headroom", has_c), lambda: getattr(graph, "_lb_running", None) or self._state_lb(graph), 1 + 1e-9)
+        return self._room(state, ("headroom", has_c), lambda: state.lb_running or self._state_lb(state), 1 + 1e-9)
 
     def cannot_fit(self, pr: Prepared, headroom: tuple) -> bool:
         """A cheap, exact rejection: the action's own cheapest costs do not fit in
@@ -297,10 +317,10 @@ class CompletionOracle:
         floor = self.effect_floor(pr)
         return floor is None or not (all(map(le, floor[0], headroom[0])) and all(map(le, floor[1], headroom[1])))
 
-    def advance_lb(self, graph: KernelGraph, pr: Prepared | None) -> tuple | None:
-        """The running lower bound of the state after applying ``pr`` to ``graph``
+    def advance_lb(self, state: SearchState, pr: Prepared | None) -> tuple | None:
+        """The running lower bound of the state after applying ``pr`` to ``state``
         (``pr`` None: an action that adds no cost); None when none is known."""
-        base = getattr(graph, "_lb_running", None) or getattr(graph, "_lb", None)
+        base = state.lb_running or state.lb
         if base is None or pr is None:
             return base
         floor = self.effect_floor(pr)
@@ -308,24 +328,94 @@ class CompletionOracle:
             return None
         return [a + b for a, b in zip(base[0], floor[0])], [a + b for a, b in zip(base[1], floor[1])]
 
-    def successor(self, graph: KernelGraph, pr: Prepared, res: tuple) -> tuple:
+    def successor(self, state: SearchState, pr: Prepared, res: tuple) -> tuple:
         """``(witness, costs, domains)`` of the state after an accepted action
         (``res``: a :class:`Fit` or what :meth:`check_prepared` returned)."""
         if not isinstance(res, Fit):
             return res
-        w = graph._witness
-        base_f, base_p = graph._witness_costs
+        w = state.witness
+        base_f, base_p = state.witness_costs
         witness = {**w, pr.new_syms[0]: res.cand} if pr.new_syms else w
         costs = ([a + b for a, b in zip(base_f, res.d_f)], [a + b for a, b in zip(base_p, res.d_p)])
         return witness, costs, None
 
-    def check(self, graph: KernelGraph, inf: Inference, operands: Sequence[int]) -> tuple | None:
+    # -- the mask's decision ---------------------------------------------------------
+    @staticmethod
+    def route_for(pr: Prepared, ops: tuple, counts: list, flags: list) -> bool | None:
+        """Whether a branch keeps channel size C after the effect ``pr`` on branches
+        ``ops`` (``counts``: how many open branches have H, W and channel size C;
+        ``flags``: :func:`shape_flags` of each); None when H or W would be gone for good."""
+        h, w, c = counts
+        for i in ops:
+            fh, fw, fc = flags[i]
+            h, w, c = h - fh, w - fw, c - fc
+        if not (h + pr.flags[0] and w + pr.flags[1]):
+            return None
+        return bool(c + pr.flags[2])
+
+    def decide(self, state: SearchState, shapes: list, candidates: list, succ: dict) -> list:
+        """The mask's decision: the action indices of the candidate effects that
+        leave ``state`` completable; fills ``succ`` with ``successor key ->
+        (Prepared, result)`` for :meth:`successor`.
+
+        ``candidates`` are ``(Prepared, successor key, action indices, operand
+        branches)`` for the state's open branches ``shapes``. Each effect is
+        decided once, cheapest test first (see the module docstring): the route,
+        the rejections carried down the episode (``2 * eid + has_c``; a rejection
+        with C kept implies one without), the cost floors (:meth:`cannot_fit`),
+        the witness (:meth:`quick_fit`), then the exact check (:meth:`check_prepared`).
+        New rejections are added to ``state.rejected``.
+        """
+        w = self.state_witness(state)
+        if w is None:  # the state itself cannot be finished, so no state after it can
+            return []
+        rejected = state.rejected or frozenset()
+        new_rejected = []
+        flags = [shape_flags(s) for s in shapes]
+        counts = [sum(f[k] for f in flags) for k in range(3)]
+        slack = (self.slack(state, False), self.slack(state, True))
+        headroom = (self.headroom(state, False), self.headroom(state, True))
+        legal = []
+        for pr, key, idx, ops in candidates:
+            keeps_c = self.route_for(pr, ops, counts, flags)
+            if keeps_c is None:
+                continue  # H or W would be gone for good
+            has_c = int(keeps_c)
+            code = 2 * pr.eid
+            if code + has_c in rejected or code + 1 in rejected:
+                continue
+            if self.cannot_fit(pr, headroom[has_c]):
+                new_rejected.append(code + has_c)
+                continue
+            res = self.quick_fit(pr, w, slack[has_c])
+            if res is None:
+                res = self.check_prepared(state, pr, bool(has_c))
+                if res is None:
+                    new_rejected.append(code + has_c)
+                    continue
+            legal.append(idx)
+            succ[key] = (pr, res)
+        if new_rejected:
+            state.rejected = rejected.union(new_rejected)
+        return legal
+
+    def verdict(self, state: SearchState, pr: Prepared, ops: tuple):
+        """The decision for one effect on branches ``ops`` without the whole mask:
+        the successor's witness (as :meth:`check_prepared` gives it), or None."""
+        graph = state.graph
+        flags = [shape_flags(graph.branch_shape(i)) for i in range(graph.width)]
+        counts = [sum(f[k] for f in flags) for k in range(3)]
+        has_c = self.route_for(pr, ops, counts, flags)
+        return None if has_c is None else self.check_prepared(state, pr, has_c)
+
+    def check(self, state: SearchState, inf: Inference, operands: Sequence[int]) -> tuple | None:
         """Can the state after applying ``inf`` to ``operands`` still be finished?
 
         Returns:
             ``(witness, costs, domains)`` for the successor when it can be
             finished (``costs``/``domains`` may be None), else None.
         """
+        graph = state.graph
         shapes = [graph.branch_shape(i) for i in range(graph.width)]
         shapes[operands[0]] = inf.shape
         if len(operands) == 2:
@@ -333,15 +423,15 @@ class CompletionOracle:
         spatial_ok, has_c = route(shapes)
         if not spatial_ok:
             return None
-        return self.check_prepared(graph, Prepared(inf, None, free_symbol(graph.n_free)), has_c)
+        return self.check_prepared(state, Prepared(inf, None, free_symbol(graph.n_free)), has_c)
 
-    def check_prepared(self, graph: KernelGraph, pr: Prepared, has_c: bool) -> tuple | None:
+    def check_prepared(self, state: SearchState, pr: Prepared, has_c: bool) -> tuple | None:
         """:meth:`check` once the route is known (H and W survive; ``has_c``)."""
-        w = self.state_witness(graph)
+        w = self.state_witness(state)
         if w is None:
             return None
         inf = pr.inf
-        base_f, base_p = graph._witness_costs
+        base_f, base_p = state.witness_costs
         extra = self._extra(has_c)
         new_syms = pr.new_syms
         wkey = tuple(w[s] for s in pr.old_syms)
@@ -357,7 +447,7 @@ class CompletionOracle:
                 verdict = min(verdict, _compare(base_p, d_p, extra[1], self._lims_p))
             w2 = {**w, new_syms[0]: cand} if new_syms else w
             if verdict == _NEAR:
-                verdict = _FITS if self._fits_exact(graph, inf, w2, has_c) else 0
+                verdict = _FITS if self._fits_exact(state.graph, inf, w2, has_c) else 0
             if verdict == _FITS:
                 self.stats["witness"] += 1
                 costs = ([a + b for a, b in zip(base_f, d_f)], [a + b for a, b in zip(base_p, d_p)])
@@ -365,17 +455,17 @@ class CompletionOracle:
                     self._verdicts.clear()
                 self._verdicts[vkey] = (cand, costs)
                 return w2, costs, None
-        domains = self._propagate(graph, pr, new_syms)
-        if domains is None or self._bound_fails(graph, pr, domains, extra):
+        domains = self._propagate(state, pr, new_syms)
+        if domains is None or self._bound_fails(state, pr, domains, extra):
             self.stats["bound"] += 1
             return None
-        repaired = self._repair(graph, pr, w, new_syms, has_c, domains)
+        repaired = self._repair(state, pr, w, new_syms, has_c, domains)
         if repaired is not None:
             self.stats["repair"] += 1
             return repaired, None, domains
-        cons = graph.constraints.copy()
+        cons = state.graph.constraints.copy()
         cons.add(inf)
-        w2 = self._solve(cons, graph.free_symbols + tuple(new_syms), has_c)
+        w2 = self._solve(cons, state.graph.free_symbols + tuple(new_syms), has_c)
         return None if w2 is None else (w2, None, domains)
 
     def _effect_table(self, pr: Prepared, w: dict, wkey: tuple) -> list:
@@ -435,23 +525,23 @@ class CompletionOracle:
             domains[s] = kept
         return True
 
-    def domains(self, graph: KernelGraph) -> dict | None:
-        """Per-symbol choices allowed by single-symbol constraints (cached on the graph)."""
-        hit = getattr(graph, "_domains", None)
+    def domains(self, state: SearchState) -> dict | None:
+        """Per-symbol choices allowed by single-symbol constraints (cached on the state)."""
+        hit = state.domains
         if hit is not None:
             return hit
-        doms = {s: self._all for s in graph.free_symbols}
-        c = graph.constraints
+        doms = {s: self._all for s in state.graph.free_symbols}
+        c = state.graph.constraints
         ok = (
             self._filter(doms, c.integral, self.num.integral)
             and self._filter(doms, c.equal, self.num.equal_one)
             and self._filter(doms, c.volume, self.num.volume_ok)
         )
-        graph._domains = doms if ok else None
-        return graph._domains
+        state.domains = doms if ok else None
+        return state.domains
 
-    def _propagate(self, graph: KernelGraph, pr: Prepared, new_syms: list) -> dict | None:
-        base = self.domains(graph)
+    def _propagate(self, state: SearchState, pr: Prepared, new_syms: list) -> dict | None:
+        base = self.domains(state)
         if base is None:
             return None
         doms = dict(base)
@@ -494,11 +584,11 @@ class CompletionOracle:
             out[free] = vals if old is None else [max(a, b) for a, b in zip(old, vals)]
         return out
 
-    def _state_floors(self, graph: KernelGraph) -> dict:
-        hit = getattr(graph, "_floors", None)
+    def _state_floors(self, state: SearchState) -> dict:
+        hit = state.floors
         if hit is None:
-            c = graph.constraints
-            hit = graph._floors = self._floors(tuple(c.integral) + tuple(c.equal))
+            c = state.graph.constraints
+            hit = state.floors = self._floors(tuple(c.integral) + tuple(c.equal))
         return hit
 
     def _lb(self, terms, bounds: dict, floors: dict) -> list:
@@ -515,23 +605,23 @@ class CompletionOracle:
                 out[i] += v
         return out
 
-    def _state_lb(self, graph: KernelGraph) -> tuple:
+    def _state_lb(self, state: SearchState) -> tuple:
         """Lower bounds of the state's own FLOPs and params per placement over its domains (cached on it)."""
-        base = getattr(graph, "_lb", None)
+        base = state.lb
         if base is None:
-            domains = self.domains(graph)
+            domains = self.domains(state)
             if domains is None:  # no sizes at all: nothing fits
                 inf = [float("inf")] * len(self._lims_f)
                 base = (inf, inf)
             else:
-                base = self._costs_lb(graph, domains)
-            graph._lb = base
+                base = self._costs_lb(state, domains)
+            state.lb = base
         return base
 
-    def _costs_lb(self, graph: KernelGraph, domains: dict) -> tuple:
+    def _costs_lb(self, state: SearchState, domains: dict) -> tuple:
         """Lower bounds of the state's own FLOPs and params per placement over ``domains``."""
-        c = graph.constraints
-        bounds, floors = self._bounds(domains), self._state_floors(graph)
+        c = state.graph.constraints
+        bounds, floors = self._bounds(domains), self._state_floors(state)
         return self._lb(poly_terms(c.flops), bounds, floors), self._lb(poly_terms(c.params), bounds, floors)
 
     def _effect_lb(self, pr: Prepared, bounds: dict, floors: dict) -> tuple | None:
@@ -542,17 +632,17 @@ class CompletionOracle:
                 return None
         return self._lb(pr.inf.flops, bounds, floors), self._lb(pr.inf.params, bounds, floors)
 
-    def _bound_fails(self, graph: KernelGraph, pr: Prepared, domains: dict, extra: tuple) -> bool:
+    def _bound_fails(self, state: SearchState, pr: Prepared, domains: dict, extra: tuple) -> bool:
         """Lower bounds over independent domains already break a limit.
 
         The state's own costs are bounded once per state over its domains (a
         valid, slightly weaker bound when the action narrows a domain)."""
-        base_domains = self.domains(graph)
+        base_domains = self.domains(state)
         if any(len(domains[s]) < len(base_domains[s]) for s in base_domains):  # the action narrowed a size
-            base = self._costs_lb(graph, domains)
+            base = self._costs_lb(state, domains)
         else:
-            base = self._state_lb(graph)
-        floors = self._state_floors(graph)
+            base = self._state_lb(state)
+        floors = self._state_floors(state)
         own = self._floors(pr.integral + pr.equal)
         if own:
             floors = {**floors, **{f: [max(a, b) for a, b in zip(v, floors.get(f, v))] for f, v in own.items()}}
@@ -571,12 +661,12 @@ class CompletionOracle:
         return False
 
     # -- local repair ---------------------------------------------------------------
-    def _system(self, graph: KernelGraph) -> tuple:
-        """The graph's constraints and cost terms indexed by symbol (cached on the graph):
+    def _system(self, state: SearchState) -> tuple:
+        """The graph's constraints and cost terms indexed by symbol (cached on the state):
         ``(symbol -> [(kind, monomial)], symbol -> flops terms, symbol -> params terms)``."""
-        hit = getattr(graph, "_system", None)
+        hit = state.system
         if hit is None:
-            c = graph.constraints
+            c = state.graph.constraints
             index: dict = {}
             for kind, monos in (("integral", c.integral), ("equal", c.equal), ("volume", c.volume)):
                 for m in monos:
@@ -590,10 +680,10 @@ class CompletionOracle:
                         by_symbol.setdefault(s, []).append(m)
                 costs.append(by_symbol)
             hit = (index, costs[0], costs[1])
-            graph._system = hit
+            state.system = hit
         return hit
 
-    def _repair(self, graph: KernelGraph, pr: Prepared, w: dict, new_syms: list, has_c: bool, domains: dict) -> dict | None:
+    def _repair(self, state: SearchState, pr: Prepared, w: dict, new_syms: list, has_c: bool, domains: dict) -> dict | None:
         """Re-choose one size (new sizes start at their smallest) until every
         constraint holds; the cheapest such witness, or None.
 
@@ -601,12 +691,12 @@ class CompletionOracle:
         making room in the budget elsewhere is what CP-SAT found in most of the
         cases the first pass missed (a single other size changed in ~3 of 4 of
         them, in random rollouts at ResNet-18's placements)."""
-        index, flops_by, params_by = self._system(graph)
+        index, flops_by, params_by = self._system(state)
         inf = pr.inf
         touched = set(new_syms)
         for m in pr.integral + pr.equal + tuple(inf.flops) + tuple(inf.params):
             touched.update(m.free_symbols())
-        others = sorted(set(graph.free_symbols) - touched)
+        others = sorted(set(state.graph.free_symbols) - touched)
         if not touched and not others:
             return None
         num = self.num
@@ -614,7 +704,7 @@ class CompletionOracle:
         checks = {"integral": num.integral, "equal": num.equal_one, "volume": num.volume_ok}
         # costs are updated, not recomputed: the state's costs under the witness,
         # minus its terms in the size being re-chosen, plus those terms re-valued
-        base_f, base_p = graph._witness_costs
+        base_f, base_p = state.witness_costs
         x_f, x_p = self._extra(has_c)
         fixed_f = [a + b for a, b in zip(base_f, x_f)]
         fixed_p = [a + b for a, b in zip(base_p, x_p)]

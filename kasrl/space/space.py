@@ -3,11 +3,14 @@
 The environment, the random sampler and the DEAP decoder all go through a
 :class:`SearchSpace`; nobody re-implements legality.
 
+A state is a :class:`~kasrl.space.state.SearchState`: the partial kernel graph
+and the caches the space and the completability oracle keep about it.
+
 >>> space = SearchSpace(RESNET18_PLACEMENTS)
->>> g = space.reset()
->>> g = space.apply(g, space.index("unfold", 0, axes="HW", k=3, dilation=1))
->>> g = space.apply(g, space.index("projection", 0, out="C", grouped=False))
->>> kernel = space.finish(g)
+>>> s = space.reset()
+>>> s = space.apply(s, space.index("unfold", 0, axes="HW", k=3, dilation=1))
+>>> s = space.apply(s, space.index("projection", 0, out="C", grouped=False))
+>>> kernel = space.finish(s)
 >>> kernel.is_finished, kernel.n_primitives
 (True, 2)
 """
@@ -26,15 +29,14 @@ from kasrl.ir.sizes import SizeChoice
 from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, KH_SLOT, KW_SLOT, SLOTS, W_SLOT
 from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement
 from kasrl.solver.cpsat import SolverConfig, solve_sizes
-from kasrl.solver.oracle import CompletionOracle, Prepared, shape_flags
+from kasrl.solver.oracle import CompletionOracle, Prepared
 from kasrl.solver.solve import SizeSolver
 from kasrl.space.config import Action, ActionTable, SpaceConfig
+from kasrl.space.state import SearchState
 
-__all__ = ["SearchSpace", "RESNET18_PLACEMENTS"]
+__all__ = ["SearchSpace", "SearchState", "RESNET18_PLACEMENTS"]
 
 _ADD = Binary(op="add")
-# what the space and the oracle cache on a state (dropped when the state changes)
-_STATE_CACHES = ("_mask", "_succ", "_system", "_domains", "_witness", "_witness_costs", "_lb", "_single", "_slack", "_rejected", "_floors", "_lb_running")
 
 
 def _renamed(d: dict, mapping: dict) -> dict:
@@ -50,9 +52,10 @@ class SearchSpace:
         config: the primitive library and kernel limits.
         solver_config: CP-SAT settings (seed, workers, time limit, size domain).
 
-    A state is a :class:`~kasrl.ir.graph.KernelGraph`. Masks are exact: every
+    A state is a :class:`~kasrl.space.state.SearchState`. Masks are exact: every
     action :meth:`action_mask` allows leads to a state that can still be
-    finished legally within budget (see :mod:`kasrl.solver.oracle`).
+    finished legally within budget (see :mod:`kasrl.solver.oracle`, where the
+    mask's decision is made).
     """
 
     def __init__(
@@ -69,7 +72,7 @@ class SearchSpace:
         self.ctx = SpaceContext(allow_spatial_weights=self.config.allow_spatial_weights)
         self._applicable_cache: dict = {}
         self._groups_cache: dict = {}
-        self._initial: KernelGraph | None = None
+        self._initial: SearchState | None = None
 
     @property
     def placements(self) -> tuple:
@@ -100,19 +103,23 @@ class SearchSpace:
         return self.table.index[act]
 
     # -- states ---------------------------------------------------------------
-    def reset(self) -> KernelGraph:
+    def reset(self) -> SearchState:
         """The initial state: the input tensor alone.
 
         Every episode starts here, so its mask and oracle caches are computed
         once and shared by the copies (they describe the same state)."""
         if self._initial is None:
-            g = KernelGraph(self.ctx)
-            self.oracle.set_witness(g, {})
-            self.action_mask(g)
-            self._initial = g
-        g = self._initial.copy()
-        g.__dict__.update({k: v for k, v in self._initial.__dict__.items() if k in _STATE_CACHES})
-        return g
+            s = SearchState(KernelGraph(self.ctx))
+            self.oracle.set_witness(s, {})
+            self.action_mask(s)
+            self._initial = s
+        s = SearchState(self._initial.graph.copy())
+        s.share_caches(self._initial)
+        return s
+
+    def state(self, graph: KernelGraph) -> SearchState:
+        """A state for a graph built some other way (by hand, loaded, copied); its caches are computed on demand."""
+        return SearchState(graph)
 
     def _applicable(self, shapes: tuple) -> tuple:
         """The templates that apply to ``shapes`` (one shape: unary; two: binary),
@@ -151,22 +158,6 @@ class SearchSpace:
             self._applicable_cache[shapes] = hit
         return hit
 
-    def _verdict(self, graph: KernelGraph, pr: Prepared, ops: tuple, counts: list, flags: list):
-        """Oracle verdict for one effect on ``ops``: the successor's witness or None."""
-        has_c = self._route(pr, ops, counts, flags)
-        return None if has_c is None else self.oracle.check_prepared(graph, pr, has_c)
-
-    @staticmethod
-    def _route(pr: Prepared, ops: tuple, counts: list, flags: list) -> bool | None:
-        """Whether a branch keeps channel size C after the effect; None when H or W would be gone for good."""
-        h, w, c = counts
-        for i in ops:
-            fh, fw, fc = flags[i]
-            h, w, c = h - fh, w - fw, c - fc
-        if not (h + pr.flags[0] and w + pr.flags[1]):
-            return None
-        return bool(c + pr.flags[2])
-
     def _groups_at(self, shapes: tuple, position: int) -> tuple:
         """:meth:`_applicable` with action indices: ``(trivial action indices,
         [(Prepared, successor key, action indices, operand branches)])`` for the
@@ -193,7 +184,7 @@ class SearchSpace:
         self._groups_cache[key] = hit
         return hit
 
-    def action_mask(self, graph: KernelGraph) -> np.ndarray:
+    def action_mask(self, state: SearchState) -> np.ndarray:
         """``int8`` mask over the action table: 1 where the action is legal.
 
         Never all zero for a state reached through legal actions: finishing is
@@ -201,16 +192,13 @@ class SearchSpace:
         array is cached on the state (a reset state's is shared by every
         episode): copy it before writing to it.
 
-        Each effect (the constraints and costs an action adds) is decided once
-        per state: first by the state's witness (:meth:`CompletionOracle.quick_fit`),
-        then exactly by :meth:`CompletionOracle.check_prepared`. Constraints only
-        grow along an episode, so an effect rejected in a state stays rejected in
-        every state after it (with the same or a costlier route): those are
-        carried down the episode and never checked again.
+        The space lists the candidate effects (the constraints and costs an
+        action adds) of the state's branches and branch pairs; the oracle decides
+        each once per state (:meth:`CompletionOracle.decide`).
         """
-        mask = getattr(graph, "_mask", None)
-        if mask is not None:
-            return mask
+        if state.mask is not None:
+            return state.mask
+        graph = state.graph
         mask = np.zeros(len(self.table), dtype=np.int8)
         succ: dict = {}
         cfg = self.config
@@ -229,65 +217,26 @@ class SearchSpace:
                 for p_idx, (i, j) in enumerate(self.table.pairs):
                     if i < width and j < width:
                         candidates.extend(self._groups_at((shapes[i], shapes[j]), p_idx)[1])
-            legal = self._decide(graph, shapes, candidates, succ)
+            legal = self.oracle.decide(state, shapes, candidates, succ)
             if legal:
                 mask[np.concatenate(legal)] = 1
-        graph._mask = mask
-        graph._succ = succ
+        state.mask = mask
+        state.successors = succ
         return mask
 
-    def _decide(self, graph: KernelGraph, shapes: list, candidates: list, succ: dict) -> list:
-        """The action indices of the candidate effects the oracle accepts; fills ``succ``.
+    def is_legal(self, state: SearchState, action: int) -> bool:
+        """True when ``action`` is allowed in ``state`` (checks that one action only)."""
+        return 0 <= action < len(self.table) and self._single(state, action)[0]
 
-        Per effect, cheapest first: the route (H and W must survive; whether a
-        branch keeps C channels), the rejections carried down the episode
-        (``2 * eid + has_c``; a rejection with C kept implies one without), the
-        cost floors (:meth:`CompletionOracle.cannot_fit`), then the witness
-        (:meth:`CompletionOracle.quick_fit`) and the exact check."""
-        oracle = self.oracle
-        w = oracle.state_witness(graph)
-        if w is None:  # the state itself cannot be finished, so no state after it can
-            return []
-        rejected = getattr(graph, "_rejected", frozenset())
-        new_rejected = []
-        flags = [shape_flags(s) for s in shapes]
-        counts = [sum(f[k] for f in flags) for k in range(3)]
-        slack = (oracle.slack(graph, False), oracle.slack(graph, True))
-        headroom = (oracle.headroom(graph, False), oracle.headroom(graph, True))
-        legal = []
-        for pr, key, idx, ops in candidates:
-            keeps_c = self._route(pr, ops, counts, flags)
-            if keeps_c is None:
-                continue  # H or W would be gone for good
-            has_c = int(keeps_c)
-            code = 2 * pr.eid
-            if code + has_c in rejected or code + 1 in rejected:
-                continue
-            if oracle.cannot_fit(pr, headroom[has_c]):
-                new_rejected.append(code + has_c)
-                continue
-            res = oracle.quick_fit(pr, w, slack[has_c])
-            if res is None:
-                res = oracle.check_prepared(graph, pr, bool(has_c))
-                if res is None:
-                    new_rejected.append(code + has_c)
-                    continue
-            legal.append(idx)
-            succ[key] = (pr, res)
-        if new_rejected:
-            graph._rejected = rejected.union(new_rejected)
-        return legal
-
-    def is_legal(self, graph: KernelGraph, action: int) -> bool:
-        """True when ``action`` is allowed in ``graph`` (checks that one action only)."""
-        return 0 <= action < len(self.table) and self._single(graph, action)[0]
-
-    def _single(self, graph: KernelGraph, action: int) -> tuple:
-        """``(legal, successor entry)`` of one action, without the whole mask (cached on the graph).
+    def _single(self, state: SearchState, action: int) -> tuple:
+        """``(legal, successor entry)`` of one action, without the whole mask (cached on the state).
 
         The entry is ``(Prepared, oracle result)``, or None for fork, finish and
         trivial actions (the witness carries over)."""
-        cache = graph.__dict__.setdefault("_single", {})
+        if state.single is None:
+            state.single = {}
+        cache = state.single
+        graph = state.graph
         hit = cache.get(action)
         if hit is not None:
             return hit
@@ -309,14 +258,11 @@ class SearchSpace:
             if t_idx not in by_template:
                 out = (False, None)  # does not apply to these shapes
             elif pr is not None:
-                mask = getattr(graph, "_mask", None)
                 key = (ops[0] if act.kind == "unary" else ops, pr.eid)
-                if mask is not None:
-                    entry = graph._succ.get(key)
+                if state.mask is not None:
+                    entry = state.successors.get(key)
                 else:
-                    flags = [shape_flags(graph.branch_shape(i)) for i in range(graph.width)]
-                    counts = [sum(f[k] for f in flags) for k in range(3)]
-                    res = self._verdict(graph, pr, ops, counts, flags)
+                    res = self.oracle.verdict(state, pr, ops)
                     entry = None if res is None else (pr, res)
                 out = (entry is not None, entry)
             else:
@@ -324,35 +270,36 @@ class SearchSpace:
         cache[action] = out
         return out
 
-    def apply(self, graph: KernelGraph, action: int, in_place: bool = False) -> KernelGraph:
-        """The state after taking ``action`` (a new graph unless ``in_place``).
+    def apply(self, state: SearchState, action: int, in_place: bool = False) -> SearchState | KernelGraph:
+        """The state after taking ``action`` (a new state unless ``in_place``).
 
         ``finish`` returns the finished, solved kernel (see :meth:`finish`).
 
         Raises:
             IllegalAction: when the action is masked in this state.
         """
-        if not self.is_legal(graph, action):
+        if not self.is_legal(state, action):
             inside = 0 <= action < len(self.table)
             label = self.table[action].label() if inside else str(action)
             reason = "masked in this state" if inside else f"out of range [0, {len(self.table)})"
             raise IllegalAction(f"action {action} ({label}) is {reason}; pass a legal action (see action_mask)")
         act = self.table[action]
         if act.kind == "finish":
-            return self.finish(graph)
-        entry = self._single(graph, action)[1]
-        witness, costs, domains = graph._witness, graph._witness_costs, getattr(graph, "_domains", None)
+            return self.finish(state)
+        entry = self._single(state, action)[1]
+        witness, costs, domains = state.witness, state.witness_costs, state.domains
         if entry is not None:
-            succ = self.oracle.successor(graph, *entry)
-        rejected = getattr(graph, "_rejected", None)
-        running_lb = self.oracle.advance_lb(graph, None if entry is None else entry[0])
-        g = graph if in_place else graph.copy()
-        for attr in _STATE_CACHES:
-            g.__dict__.pop(attr, None)
-        if rejected is not None:
-            g._rejected = rejected  # constraints only grow: what was rejected stays rejected
-        if running_lb is not None:
-            g._lb_running = running_lb
+            succ = self.oracle.successor(state, *entry)
+        rejected = state.rejected
+        running_lb = self.oracle.advance_lb(state, None if entry is None else entry[0])
+        if in_place:
+            out = state
+            out.clear()
+        else:
+            out = SearchState(state.graph.copy())
+        out.rejected = rejected  # constraints only grow: what was rejected stays rejected
+        out.lb_running = running_lb
+        g = out.graph
         if act.kind == "fork":
             g.fork(act.operands[0])
         elif entry is None:  # same-shape zero-cost action: the witness carries over
@@ -365,33 +312,35 @@ class SearchSpace:
             if new:
                 witness = _renamed(witness, new)
                 domains = _renamed(domains, new) if domains is not None else None
-        self.oracle.set_witness(g, witness, costs, domains)
-        return g
+        self.oracle.set_witness(out, witness, costs, domains)
+        return out
 
-    def replay(self, actions: Sequence[int], finish: bool = True) -> KernelGraph:
-        """Apply a sequence of action indices from the initial state.
+    def replay(self, actions: Sequence[int], finish: bool = True) -> SearchState | KernelGraph:
+        """Apply a sequence of action indices from the initial state: the finished
+        kernel (a solved graph), or with ``finish=False`` the state they reach
+        (the kernel if they end with the finish action).
 
         Raises:
             IllegalAction: naming the first action that is not legal.
         """
-        g = self.reset()
+        s = self.reset()
         for a in actions:
-            g = self.apply(g, int(a), in_place=True)
-            if g.sizes is not None:
-                return g
-        return self.finish(g) if finish else g
+            s = self.apply(s, int(a), in_place=True)
+            if isinstance(s, KernelGraph):
+                return s
+        return self.finish(s) if finish else s
 
     # -- finishing ----------------------------------------------------------
-    def can_finish(self, graph: KernelGraph) -> bool:
+    def can_finish(self, state: SearchState) -> bool:
         """True when the finish action is legal."""
-        return graph.steps >= self.config.min_steps and self.oracle.completable(graph)
+        return state.steps >= self.config.min_steps and self.oracle.completable(state)
 
-    def finish(self, graph: KernelGraph, objective: str = "max_flops") -> KernelGraph:
+    def finish(self, state: SearchState, objective: str = "max_flops") -> KernelGraph:
         """Close the kernel (zero-cost folds and adds; a projection to C only when no
         branch has channel size C) and solve its sizes.
 
         Args:
-            graph: a state where finishing is legal.
+            state: a state where finishing is legal.
             objective: ``"max_flops"`` (default): CP-SAT sizes that use the FLOPs
                 budget as fully as allowed; ``"feasible"``: the first legal
                 sizes — the oracle's witness when it fits the closed kernel, else a
@@ -405,12 +354,10 @@ class SearchSpace:
         """
         if objective not in ("max_flops", "feasible"):
             raise ValueError(f"`objective` must be 'max_flops' or 'feasible', got {objective!r}")
-        if not self.can_finish(graph):
-            raise IllegalAction(f"cannot finish yet: {graph.steps} actions taken, at least {self.config.min_steps} needed")
-        witness = graph._witness
-        g = graph.copy()
-        for attr in _STATE_CACHES:
-            g.__dict__.pop(attr, None)
+        if not self.can_finish(state):
+            raise IllegalAction(f"cannot finish yet: {state.steps} actions taken, at least {self.config.min_steps} needed")
+        witness = state.witness
+        g = state.graph.copy()
         if self._close(g, objective, witness):
             return g
         if objective == "feasible" and self.oracle.satisfies(g, witness):

@@ -47,10 +47,10 @@ def test_a_masked_action_raises_and_leaves_the_state_alone():
     env.reset(seed=0)
     mask = env.action_masks()
     bad = int(np.flatnonzero(mask == 0)[0])
-    before = env.graph.describe()
+    before = env.state.describe()
     with pytest.raises(IllegalAction, match=re.escape(f"action {bad} (")):
         env.step(bad)
-    assert env.graph.describe() == before and env.graph.steps == 0
+    assert env.state.describe() == before and env.state.steps == 0
     with pytest.raises(IllegalAction, match="out of range"):
         env.step(10**6)
     good = int(np.flatnonzero(mask)[-1])
@@ -122,7 +122,7 @@ def test_incremental_observations_equal_observations_built_from_scratch():
             kept.append(obs)
             snapshots.append({k: v.copy() for k, v in obs.items()})
             obs, _, done, _, _ = env.step(env.action_space.sample())
-            g = env.kernel if done else env.graph
+            g = env.kernel if done else env.state.graph
             fresh = _GraphObserver(env.max_nodes).update(g)
             for key, arr in zip(("nodes", "adjacency", "node_mask"), fresh):
                 assert np.array_equal(obs[key], arr), key

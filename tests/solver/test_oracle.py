@@ -72,9 +72,9 @@ def test_every_action_verdict_matches_enumeration_of_sizes(budget):
                     continue
                 if act.kind == "binary" and act.prim.commutative and act.operands[0] > act.operands[1]:
                     continue
-                if g.infer(act.prim, act.operands) is None:
+                if g.graph.infer(act.prim, act.operands) is None:
                     continue
-                succ = g.copy()
+                succ = g.graph.copy()
                 succ.apply(act.prim, act.operands)
                 expected = _brute_sizes(space, succ)
                 assert bool(mask[a]) == expected, f"{act.label()} after\n{g.describe()}"
@@ -142,7 +142,7 @@ def test_completable_matches_a_search_over_explicit_finishing_steps():
     verdicts = []
     memo: dict = {}
     for _ in range(40):
-        g = space.reset()
+        g = space.reset().graph
         for _ in range(rng.randint(1, 4)):
             acts = [a for a in range(1, space.n_actions) if space.table[a].kind in ("unary", "binary", "fork")
                     and all(i < g.width for i in space.table[a].operands)]
@@ -160,7 +160,7 @@ def test_completable_matches_a_search_over_explicit_finishing_steps():
             g = nxt
         if g.width > 1:
             continue
-        oracle = space.oracle.completable(g)
+        oracle = space.oracle.completable(space.state(g))
         search = _finishable_by_search(space, g, 6, memo)
         assert oracle == search, g.describe()
         verdicts.append(oracle)
@@ -179,10 +179,10 @@ def test_rejections_by_bounds_and_inherited_rejections_are_exact_at_resnet18():
     rejected = []
     bound_fails = oracle._bound_fails
 
-    def recording(graph, pr, domains, extra):
-        out = bound_fails(graph, pr, domains, extra)
+    def recording(state, pr, domains, extra):
+        out = bound_fails(state, pr, domains, extra)
         if out:
-            rejected.append((graph.constraints.copy(), graph.free_symbols, pr, extra is oracle._no_extra))
+            rejected.append((state.graph.constraints.copy(), state.graph.free_symbols, pr, extra is oracle._no_extra))
         return out
 
     oracle._bound_fails = recording
@@ -194,7 +194,7 @@ def test_rejections_by_bounds_and_inherited_rejections_are_exact_at_resnet18():
             mask = space.action_mask(g)
             if g.steps % 4 == 3:
                 fresh = g.copy()  # no inherited rejections, no caches
-                oracle.set_witness(fresh, g._witness, g._witness_costs)
+                oracle.set_witness(fresh, g.witness, g.witness_costs)
                 assert np.array_equal(space.action_mask(fresh), mask)
                 compared += 1
             shapes = [g.branch_shape(i) for i in range(g.width)]
@@ -202,7 +202,7 @@ def test_rejections_by_bounds_and_inherited_rejections_are_exact_at_resnet18():
                 for pr, *_ in space._groups_at((shapes[i],), i)[1]:
                     for has_c in (False, True):
                         if oracle.cannot_fit(pr, oracle.headroom(g, has_c)):
-                            cheap.append((g.constraints.copy(), g.free_symbols, pr, has_c))
+                            cheap.append((g.graph.constraints.copy(), g.graph.free_symbols, pr, has_c))
             legal = [int(a) for a in np.flatnonzero(mask) if a != 0]
             g = space.apply(g, rng.choice(legal))
     oracle._bound_fails = bound_fails

@@ -10,7 +10,7 @@ import pytest
 from agents.random_sampler import RandomSampler
 from kasrl.errors import IllegalAction
 from kasrl.ir.canonical import kernel_hash
-from kasrl.space import SearchSpace, SpaceConfig
+from kasrl.space import SearchSpace, SearchState, SpaceConfig
 
 
 def test_single_action_legality_agrees_with_the_mask():
@@ -19,8 +19,8 @@ def test_single_action_legality_agrees_with_the_mask():
     for _ in range(12):
         g = space.reset()
         while g.steps < rng.randint(1, 9):
-            fresh = g.copy()
-            space.oracle.set_witness(fresh, g._witness, g._witness_costs)
+            fresh = g.copy()  # the same graph, no caches
+            space.oracle.set_witness(fresh, g.witness, g.witness_costs)
             one = [space.is_legal(fresh, a) for a in range(space.n_actions)]  # before any mask exists
             mask = space.action_mask(g)
             assert one == [bool(m) for m in mask]
@@ -41,19 +41,30 @@ def test_replay_reproduces_a_kernel_and_rejects_a_masked_action():
 def test_a_state_that_cannot_be_finished_gets_a_mask_without_effects_and_pickles_without_caches():
     import pickle
 
+    from kasrl.ir.graph import KernelGraph
     from kasrl.ir.primitives import Conv
     from kasrl.solver.budget import Budget
 
     space = SearchSpace(budget=Budget(flops=0.05, params=0.05))
-    g = space.reset()
+    g = KernelGraph()
     for _ in range(3):  # built by hand, past what the budget allows
         g.apply(Conv(kh=3, kw=3, dilation=1, out="C"), (0,))
-    for attr in ("_mask", "_succ", "_witness", "_witness_costs", "_lb", "_slack", "_single", "_domains"):
-        g.__dict__.pop(attr, None)
-    mask = space.action_mask(g)
-    assert mask.dtype == np.int8 and g._succ == {}  # no primitive effect is legal
-    g2 = space.apply(space.reset(), 1 + int(np.flatnonzero(space.action_mask(space.reset())[1:])[0]))
-    space.action_mask(g2)
-    restored = pickle.loads(pickle.dumps(g2))
-    assert not [k for k in restored.__dict__ if k.startswith("_")]
-    assert kernel_hash(restored) == kernel_hash(g2) and np.array_equal(space.action_mask(restored), space.action_mask(g2))
+    state = space.state(g)
+    mask = space.action_mask(state)
+    assert mask.dtype == np.int8 and state.successors == {}  # no primitive effect is legal
+    s2 = space.apply(space.reset(), 1 + int(np.flatnonzero(space.action_mask(space.reset())[1:])[0]))
+    space.action_mask(s2)
+    restored = pickle.loads(pickle.dumps(s2))
+    assert all(getattr(restored, name) is None for name in SearchState.__slots__[1:])  # the graph only
+    assert kernel_hash(restored.graph) == kernel_hash(s2.graph)
+    assert np.array_equal(space.action_mask(restored), space.action_mask(s2))
+
+
+def test_graphs_carry_no_search_caches():
+    """The IR is plain data: applying actions leaves nothing of the search on the graph."""
+    space = SearchSpace()
+    s = space.reset()
+    for _ in range(4):
+        s = space.apply(s, int([a for a in np.flatnonzero(space.action_mask(s)) if a != 0][0]))
+    assert not [k for k in vars(s.graph) if k.startswith("_")]
+    assert s.mask is None and s.witness is not None
