@@ -47,3 +47,35 @@ def rollout(space, rng: random.Random, lo: int = 5, hi: int = 25) -> KernelGraph
 
 
 P = Placement
+
+
+class PlantedLatency:
+    """A latency model with planted integer coefficients (the interface of :mod:`kasrl.latency`'s model).
+
+    Every node costs ``fixed`` plus ``per_flop`` per FLOP plus ``per_byte`` per
+    byte moved (inputs, output and weights, 4 bytes each, at ``batch``); the
+    kernel module costs ``overhead`` per call. Units are arbitrary integers.
+    """
+
+    def __init__(self, fixed: int = 2000, per_flop: int = 1, per_byte: int = 3, overhead: int = 5000, batch: int = 1) -> None:
+        self.fixed, self.per_flop, self.per_byte, self.overhead, self.batch = fixed, per_flop, per_byte, overhead, batch
+
+    def node_terms(self, prim, shapes, inf) -> tuple:
+        from kasrl.ir.dims import Monomial
+        from kasrl.ir.shape import volume
+
+        terms = [Monomial.const(self.fixed)]
+        terms += [m * (self.per_flop * self.batch) for m in inf.flops]
+        terms += [volume(s) * (4 * self.per_byte * self.batch) for s in (*shapes, inf.shape)]
+        terms += [m * (4 * self.per_byte) for m in inf.params]
+        return tuple(terms)
+
+    def overhead_terms(self) -> tuple:
+        from kasrl.ir.dims import Monomial
+
+        return (Monomial.const(self.overhead),)
+
+    def conv3x3_units(self, p) -> int:
+        flops = 2 * 9 * p.c * p.c * p.h * p.w
+        moved = 4 * (2 * p.c * p.h * p.w * self.batch + 9 * p.c * p.c)
+        return self.fixed + self.per_flop * flops * self.batch + self.per_byte * moved

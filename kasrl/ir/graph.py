@@ -23,7 +23,7 @@ from kasrl.ir.dims import Monomial, free_symbol
 from kasrl.ir.primitives import DEFAULT_CONTEXT, Inference, Primitive, SpaceContext
 from kasrl.ir.shape import INPUT_SHAPE, Shape, format_shape, volume
 
-__all__ = ["Node", "Constraints", "KernelGraph"]
+__all__ = ["Node", "Constraints", "KernelGraph", "infer"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,14 @@ class Node:
         return "input" if self.prim is None else self.prim.name
 
 
+def infer(prim: Primitive, shapes: Sequence[Shape], next_free: int, ctx: SpaceContext = DEFAULT_CONTEXT) -> Inference | None:
+    """``prim.infer`` plus, when ``ctx`` has a latency model, the node's predicted latency terms."""
+    inf = prim.infer(shapes, next_free, ctx)
+    if inf is not None and ctx.latency is not None:
+        inf.latency = tuple(ctx.latency.node_terms(prim, tuple(shapes), inf))
+    return inf
+
+
 def _add_poly(poly: dict, terms: Iterable[Monomial]) -> None:
     for m in terms:
         key = m.powers
@@ -73,6 +81,7 @@ class Constraints:
         volume: tensor volumes (elements per sample), capped by the budget.
         flops: FLOPs per sample, ``{powers: coefficient}``.
         params: parameters, ``{powers: coefficient}``.
+        latency: predicted latency, ``{powers: coefficient}`` (empty without a latency model).
     """
 
     integral: set = field(default_factory=set)
@@ -80,10 +89,11 @@ class Constraints:
     volume: set = field(default_factory=set)
     flops: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)
 
     def copy(self) -> "Constraints":
         """A copy that can grow independently."""
-        return Constraints(set(self.integral), set(self.equal), set(self.volume), dict(self.flops), dict(self.params))
+        return Constraints(set(self.integral), set(self.equal), set(self.volume), dict(self.flops), dict(self.params), dict(self.latency))
 
     def add(self, inf: Inference) -> None:
         """Add the constraints and costs of one primitive application."""
@@ -95,6 +105,7 @@ class Constraints:
         self.volume.add(volume(inf.shape))
         _add_poly(self.flops, inf.flops)
         _add_poly(self.params, inf.params)
+        _add_poly(self.latency, inf.latency)
 
     def key(self) -> tuple:
         """A hashable canonical form (for caches)."""
@@ -104,6 +115,7 @@ class Constraints:
             tuple(sorted(self.volume)),
             poly_terms(self.flops),
             poly_terms(self.params),
+            poly_terms(self.latency),
         )
 
 
@@ -124,6 +136,8 @@ class KernelGraph:
         self.n_free = 0
         self.constraints = Constraints()
         self.constraints.volume.add(volume(INPUT_SHAPE))
+        if ctx.latency is not None:  # the kernel module's own per-call cost
+            _add_poly(self.constraints.latency, ctx.latency.overhead_terms())
         self.sizes: dict | None = None
         self.steps = 0  # primitive applications and forks chosen (closing excluded)
         self.peak_width = 1  # the most branches open at once
@@ -185,7 +199,7 @@ class KernelGraph:
         if len(set(operands)) != len(operands) or any(not 0 <= i < len(self.branches) for i in operands):
             return None
         shapes = tuple(self.nodes[self.branches[i]].shape for i in operands)
-        return prim.infer(shapes, self.n_free, self.ctx)
+        return infer(prim, shapes, self.n_free, self.ctx)
 
     # -- building -------------------------------------------------------
     def apply(self, prim: Primitive, operands: Sequence[int], closing: bool = False, inference: Inference | None = None) -> Node:
@@ -227,7 +241,7 @@ class KernelGraph:
         if len(inputs) != prim.arity or any(not 0 <= i < len(self.nodes) for i in inputs):
             raise IllegalAction(f"primitive `{prim.label()}` needs {prim.arity} input(s) among nodes 0..{len(self.nodes) - 1}, got {list(inputs)}")
         shapes = tuple(self.nodes[i].shape for i in inputs)
-        inf = prim.infer(shapes, self.n_free, self.ctx)
+        inf = infer(prim, shapes, self.n_free, self.ctx)
         if inf is None:
             got = ", ".join(format_shape(s) for s in shapes)
             raise IllegalAction(f"primitive `{prim.label()}` does not apply to inputs {list(inputs)} with shapes {got}")

@@ -33,8 +33,8 @@ bmm            contracts shared slots of two tensors   one batched ``matmul``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from kasrl.ir.dims import ONE, C, Monomial, free_symbol
 from kasrl.ir.shape import (
@@ -97,6 +97,8 @@ class Inference:
         equal: ratios that must equal 1 (sizes a binary primitive identifies).
         flops: FLOPs per sample as a sum of monomials.
         params: parameter count as a sum of monomials.
+        latency: predicted latency as a sum of monomials (in the latency
+            model's integer unit; empty without a model, see :class:`SpaceContext`).
     """
 
     shape: Shape
@@ -105,6 +107,7 @@ class Inference:
     equal: tuple = ()
     flops: tuple = ()
     params: tuple = ()
+    latency: tuple = ()
 
     def renamed(self, mapping: Mapping[int, int]) -> "Inference":
         """The same inference with free symbols renamed (``old id -> new id``)."""
@@ -114,14 +117,23 @@ class Inference:
         def ren(ms: tuple) -> tuple:
             return tuple(m.rename(mapping) for m in ms)
 
-        return Inference(ren(self.shape), self.new_symbols, ren(self.integral), ren(self.equal), ren(self.flops), ren(self.params))
+        return Inference(ren(self.shape), self.new_symbols, ren(self.integral), ren(self.equal), ren(self.flops), ren(self.params),
+                         ren(self.latency))
 
 
 @dataclass(frozen=True)
 class SpaceContext:
-    """Switches of the search space that change which primitives apply."""
+    """Switches of the search space that change which primitives apply or what they cost.
+
+    Attributes:
+        allow_spatial_weights: let ``mix`` and ``scale`` learn weights over H or W.
+        latency: a latency model (see :mod:`kasrl.latency`); with one, every
+            inference made in this context carries its predicted latency as
+            monomials of the sizes (:func:`kasrl.ir.graph.infer`).
+    """
 
     allow_spatial_weights: bool = False
+    latency: Any = field(default=None, compare=False)
 
 
 DEFAULT_CONTEXT = SpaceContext()
@@ -451,7 +463,11 @@ class Unfold(Primitive):
 
 
 class Group(Primitive):
-    """Splits C into (G=g, C/g) with a free group count g."""
+    """Splits C into (G=g, C/g) with a free group count g of at least 2.
+
+    (``g / 2`` must be a whole number: sizes are powers of two or such ratios of
+    C, so that rules out exactly the group of size 1, an identity.)
+    """
 
     name = "group"
     family = "group"
@@ -463,7 +479,7 @@ class Group(Primitive):
             return None
         g = Monomial.symbol(free_symbol(next_free))
         out = (g, s[C_SLOT] / g) + tuple(s[2:])
-        return Inference(out, 1)
+        return Inference(out, 1, (g / 2,))
 
     def emit(self, ins, shapes, out, w, sz):
         return f"{ins[0]}.reshape(n, {_dims(out, sz)})"

@@ -68,11 +68,13 @@ def conv3x3_params(p: Placement) -> int:
 
 
 class Limits(NamedTuple):
-    """Absolute limits at one placement (per sample)."""
+    """Absolute limits at one placement (FLOPs, parameters and volume per sample;
+    latency in the latency model's unit, None when latency is not budgeted)."""
 
     flops: int
     params: int
     volume: int
+    latency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class Budget:
         max_tensor: largest intermediate tensor, as a multiple of ``C*H*W``.
         max_tensor_abs: largest intermediate tensor in elements per sample
             (overrides ``max_tensor`` when set).
+        latency: predicted latency allowed, as a multiple of the replaced 3x3
+            convolution's predicted latency at each placement (None: latency is
+            not budgeted). Needs a latency model (see :mod:`kasrl.latency`).
     """
 
     flops: float = 1.0
@@ -95,6 +100,7 @@ class Budget:
     params_abs: int | None = None
     max_tensor: float = 16.0
     max_tensor_abs: int | None = None
+    latency: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("flops", "params", "max_tensor"):
@@ -105,15 +111,28 @@ class Budget:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ConfigError(f"`budget.{name}` must be a positive integer, got {v!r}")
+        if self.latency is not None and (not isinstance(self.latency, (int, float)) or isinstance(self.latency, bool) or not self.latency > 0):
+            raise ConfigError(f"`budget.latency` must be a positive number (a multiple of the 3x3 conv's predicted latency) or null, "
+                              f"got {self.latency!r}")
         if self.max_tensor_abs is None and self.max_tensor < 1:
             raise ConfigError(f"`budget.max_tensor` must be at least 1 (the input itself is C*H*W), got {self.max_tensor}")
 
-    def limits(self, p: Placement) -> Limits:
-        """Absolute limits at placement ``p``."""
+    def limits(self, p: Placement, conv_latency: int | None = None) -> Limits:
+        """Absolute limits at placement ``p`` (``conv_latency``: the 3x3 conv's predicted
+        latency there, in the latency model's unit; needed when ``latency`` is set).
+
+        Raises:
+            ConfigError: when ``latency`` is set and no ``conv_latency`` is given.
+        """
         flops = self.flops_abs if self.flops_abs is not None else int(self.flops * conv3x3_flops(p))
         params = self.params_abs if self.params_abs is not None else int(self.params * conv3x3_params(p))
         vol = self.max_tensor_abs if self.max_tensor_abs is not None else int(self.max_tensor * p.c * p.h * p.w)
-        return Limits(flops, params, vol)
+        latency = None
+        if self.latency is not None:
+            if conv_latency is None:
+                raise ConfigError("`budget.latency` is set but no latency model was given (calibrate one: python -m kasrl calibrate)")
+            latency = int(self.latency * conv_latency)
+        return Limits(flops, params, vol, latency)
 
     def describe_flops(self) -> str:
         """``"1x conv FLOPs"`` or an absolute count."""

@@ -64,6 +64,7 @@ class SizeProblem:
         integral, equal, volume: monomials (see :class:`kasrl.ir.graph.Constraints`).
         flops, params: cost terms (sums of monomials).
         placements, limits: where the kernel is used and the budget there.
+        latency: predicted-latency terms (budgeted when the limits have a latency).
     """
 
     symbols: tuple
@@ -74,6 +75,12 @@ class SizeProblem:
     params: tuple
     placements: tuple
     limits: tuple
+    latency: tuple = ()
+
+    @property
+    def has_latency(self) -> bool:
+        """True when latency is budgeted (the limits carry one)."""
+        return bool(self.limits) and self.limits[0].latency is not None
 
 
 def _pairs(free: tuple, domains: dict) -> list:
@@ -122,6 +129,8 @@ def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | 
         sums.append((prob.flops, [lim.flops for lim in prob.limits]))
     if "params" in only:
         sums.append((prob.params, [lim.params for lim in prob.limits]))
+    if "latency" in only and prob.has_latency:
+        sums.append((prob.latency, [lim.latency for lim in prob.limits]))
     vals = {c: _choice_values(c, prob.placements) for c in domain.choices()}
     for _ in range(4):
         changed = False
@@ -290,12 +299,15 @@ def _status_ok(status: int) -> bool:
     return status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
 
 
+ALL_CONSTRAINTS = ("integral", "equal", "volume", "flops", "params", "latency")
+
+
 def solve_sizes(
     prob: SizeProblem,
     config: SolverConfig,
     objective: str = "max_flops",
     tie_break: bool = True,
-    only: Iterable[str] = ("integral", "equal", "volume", "flops", "params"),
+    only: Iterable[str] = ALL_CONSTRAINTS,
 ) -> tuple:
     """Choose every free size with CP-SAT.
 
@@ -303,8 +315,10 @@ def solve_sizes(
         prob: the constraints and placements.
         config: CP-SAT settings (workers, seed, time limit, size domain).
         objective: ``"max_flops"`` (use the FLOPs budget as fully as allowed,
-            summed utilisation over placements), ``"min_cost"`` (the cheapest
-            sizes; the oracle's witness) or ``"feasible"``.
+            summed utilisation over placements), ``"max_capacity"`` (the most
+            parameters, then the most FLOPs, within every budget: with a latency
+            budget, the largest kernel whose predicted latency fits),
+            ``"min_cost"`` (the cheapest sizes; the oracle's witness) or ``"feasible"``.
         tie_break: among optimal solutions, pick one by a second objective
             drawn from ``config.seed`` (so the same seed gives the same sizes).
         only: which constraint groups to include (used to diagnose).
@@ -336,7 +350,17 @@ def solve_sizes(
     if "params" in only:
         for expr, lim in zip(params, prob.limits):
             b.model.add(expr <= lim.params)
+    if "latency" in only and prob.has_latency:
+        for expr, lim in zip(b.cost(prob.latency, "latency"), prob.limits):
+            b.model.add(expr <= lim.latency)
     goal = 0
+    if objective == "max_capacity":  # the most parameters first: fix that, then the most FLOPs below
+        use_params = -sum(expr * max(1, _SCALE // max(1, lim.params)) for expr, lim in zip(params, prob.limits))
+        best = _optimise(b.model, use_params, config)
+        if best is None:
+            return None, None
+        b.model.add(use_params <= best)
+        objective = "max_flops"
     if objective == "max_flops":
         goal = -sum(expr * max(1, _SCALE // max(1, lim.flops)) for expr, lim in zip(flops, prob.limits))
     elif objective == "min_cost":
@@ -351,15 +375,29 @@ def solve_sizes(
             b.model.minimize(goal * _TIE + secondary)
         else:
             b.model.minimize(goal)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = config.num_workers
-    solver.parameters.random_seed = config.seed
-    solver.parameters.max_time_in_seconds = config.time_limit
-    if objective == "max_flops":
-        solver.parameters.relative_gap_limit = config.gap
+    solver = _solver(config, objective == "max_flops")
     status = solver.solve(b.model)
     if not _status_ok(status):
         return None, None
     out = {s: SizeChoice(bool(solver.value(b.t[s])), int(solver.value(b.e[s]))) for s in prob.symbols}
     value = solver.value(goal) if objective != "feasible" else 0
     return out, (-value if objective == "max_flops" else value)
+
+
+def _solver(config: SolverConfig, gap: bool) -> cp_model.CpSolver:
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = config.num_workers
+    solver.parameters.random_seed = config.seed
+    solver.parameters.max_time_in_seconds = config.time_limit
+    if gap:
+        solver.parameters.relative_gap_limit = config.gap
+    return solver
+
+
+def _optimise(model: cp_model.CpModel, goal, config: SolverConfig) -> int | None:
+    """Minimise ``goal`` on ``model`` (within the configured gap); its best value, or None when infeasible."""
+    model.minimize(goal)
+    solver = _solver(config, True)
+    if not _status_ok(solver.solve(model)):
+        return None
+    return int(solver.objective_value)

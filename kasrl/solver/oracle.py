@@ -16,6 +16,20 @@ by a contraction with ``out=C`` or by merging with such a branch. So a state
 can be finished iff H and W survive somewhere and the constraints of the state,
 plus the route's extra cost, have a solution. The oracle decides exactly that.
 
+**With a latency budget** (a latency model in the solver, see
+:mod:`kasrl.latency`) every action costs predicted latency, and so does the
+finishing step: its folds, adds and route-*c* projection are real ops. The
+oracle charges each state what finishing it would cost at most: per open
+branch the folds the finishing step would apply to it (their latency is a
+sum of monomials of the sizes, exact for that branch), one add per extra
+branch at the largest shape it can have (``[1, C, 1, 1, H, W]``, an upper
+bound) and the route-*c* tail (fold H, fold W, projection 1 -> C, add). So a
+legal action still always leads to a kernel that finishes within budget. That
+reserve is not monotone along an episode (folding or contracting a branch can
+remove pending folds), so with latency budgeted only the rejections decided by
+the cost floors, which ignore the reserve, are carried down an episode; and
+forks are checked like actions (a copy adds a branch to finish).
+
 **How it stays fast.** Each state carries a *witness*: sizes known to satisfy
 its constraints. A candidate action is accepted at once when the witness,
 extended with the cheapest values for the action's new sizes, still satisfies
@@ -36,7 +50,7 @@ test first:
    channel size ``C`` (route *a*) or not (route *c*, with its extra cost);
 2. rejections carried down the episode: constraints only grow, so an effect
    rejected in an earlier state of the episode (with the same or a costlier
-   route) stays rejected;
+   route) stays rejected (with latency budgeted, only floor rejections);
 3. the cost floor: the action's own cheapest cost (:meth:`CompletionOracle.effect_floor`,
    cached per effect) must fit above a running lower bound of the state's costs
    (:meth:`CompletionOracle.headroom`);
@@ -55,10 +69,10 @@ from collections import Counter
 from operator import le
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from kasrl.ir.dims import C, free_symbol
-from kasrl.ir.graph import Constraints, KernelGraph, poly_terms
-from kasrl.ir.primitives import Inference
-from kasrl.ir.shape import C_SLOT, H_SLOT, W_SLOT, Shape, volume
+from kasrl.ir.dims import ONE, C, Monomial, free_symbol
+from kasrl.ir.graph import Constraints, KernelGraph, infer, poly_terms
+from kasrl.ir.primitives import Binary, Fold, Inference, Projection, SpaceContext
+from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, INPUT_SHAPE, KH_SLOT, KW_SLOT, SLOTS, W_SLOT, Shape, volume
 from kasrl.solver.cpsat import solve_sizes
 from kasrl.solver.numeric import NumericModel
 from kasrl.solver.solve import SizeSolver
@@ -66,10 +80,12 @@ from kasrl.solver.solve import SizeSolver
 if TYPE_CHECKING:  # the space imports the oracle, not the other way round
     from kasrl.space.state import SearchState
 
-__all__ = ["CompletionOracle", "Fit", "Prepared", "route", "shape_flags", "ROUTE_C_FLOPS", "ROUTE_C_PARAMS"]
+__all__ = ["CompletionOracle", "Fit", "Prepared", "route", "shape_flags", "ROUTE_C_FLOPS", "ROUTE_C_PARAMS", "COST_KINDS"]
 
 ROUTE_C_FLOPS = (C * 2,)
 ROUTE_C_PARAMS = (C,)
+#: The costs a budget can limit, in the order the oracle keeps them (latency only with a latency model).
+COST_KINDS = ("flops", "params", "latency")
 _FITS, _NEAR = 2, 1
 _FLAGS: dict = {}
 
@@ -105,14 +121,18 @@ def _compare(base: list, delta: list, extra: list, limits: list) -> int:
     return out
 
 
+def _vsum(*vectors: list) -> list:
+    """Element-wise sum of per-placement vectors."""
+    return [sum(xs) for xs in zip(*vectors)]
+
+
 class Fit(NamedTuple):
     """A fast-path acceptance, kept lazy: the successor's witness is the state's,
     extended with ``cand`` for the action's new size (None: it has none), and its
-    costs are the state's plus ``d_f`` / ``d_p`` per placement."""
+    costs are the state's plus ``deltas`` (per cost kind, per placement)."""
 
     cand: tuple | None
-    d_f: list
-    d_p: list
+    deltas: tuple
 
 
 class Prepared:
@@ -122,37 +142,47 @@ class Prepared:
         inf: the inference.
         integral, equal, volume: the monomials it adds that involve free sizes
             (volumes: all).
-        trivial: same shape as the single operand and nothing new to satisfy.
+        trivial: same shape as the single operand and nothing new to satisfy or pay.
         flags: :func:`shape_flags` of the output.
         eid: a small int identifying the effect (for per-state memos).
+        costs: the inference's cost terms per kind (``COST_KINDS``).
     """
 
-    __slots__ = ("inf", "integral", "equal", "volume", "trivial", "flags", "eid", "new_syms", "old_syms")
+    __slots__ = ("inf", "integral", "equal", "volume", "trivial", "flags", "eid", "new_syms", "old_syms", "costs")
     _ids: dict = {}
 
-    def __init__(self, inf: Inference, operand_shape: Shape | None, new_symbol: int | None = None) -> None:
+    def __init__(self, inf: Inference, operand_shape: Shape | None, new_symbol: int | None = None, tag: str = "") -> None:
         self.inf = inf
         self.new_syms = [new_symbol] if inf.new_symbols else []
         self.integral = tuple(m for m in inf.shape if m.free_symbols()) + tuple(m for m in inf.integral if m.free_symbols())
         self.equal = tuple(inf.equal)
         self.volume = (volume(inf.shape),)
-        self.trivial = operand_shape is not None and inf.shape == operand_shape and not (
-            inf.new_symbols or inf.flops or inf.params or inf.equal or inf.integral
+        self.costs = (tuple(inf.flops), tuple(inf.params), tuple(inf.latency))
+        self.trivial = not tag and operand_shape is not None and inf.shape == operand_shape and not (
+            inf.new_symbols or inf.flops or inf.params or inf.equal or inf.integral or inf.latency
         )
         self.flags = shape_flags(inf.shape)
         key = (inf.shape, inf.new_symbols, inf.flops, inf.params, inf.equal, inf.integral)
+        if inf.latency or tag:
+            key += (inf.latency, tag)
         self.eid = Prepared._ids.setdefault(key, len(Prepared._ids))
         syms = set()
-        for m in self.integral + self.equal + self.volume + tuple(inf.flops) + tuple(inf.params):
+        for m in self.integral + self.equal + self.volume + tuple(inf.flops) + tuple(inf.params) + tuple(inf.latency):
             syms.update(m.free_symbols())
         self.old_syms = tuple(sorted(syms - set(self.new_syms)))
+
+    @classmethod
+    def fork(cls, shape: Shape) -> Prepared:
+        """The effect of forking a branch of ``shape``: a copy to finish, nothing else."""
+        return cls(Inference(shape), None, tag="fork")
 
 
 class CompletionOracle:
     """Answers "can this kernel still be finished?" for states and candidate actions.
 
     Args:
-        solver: the size solver (its placements, budget and CP-SAT settings).
+        solver: the size solver (its placements, budget, CP-SAT settings and,
+            when latency is budgeted, the latency model).
     """
 
     def __init__(self, solver: SizeSolver) -> None:
@@ -171,29 +201,115 @@ class CompletionOracle:
         self._effect_floors: dict = {}
         self._bounds_cache: dict = {}
         n = len(solver.placements)
-        self._route_extra = (self.num.poly_float(ROUTE_C_FLOPS, {}), self.num.poly_float(ROUTE_C_PARAMS, {}))
-        self._no_extra = ([0.0] * n, [0.0] * n)
+        self.latency = solver.latency
+        self.n_kinds = 3 if self.latency is not None else 2
+        self._pending: dict = {}
+        if self.latency is not None:
+            self._setup_closing()
+        route_terms = (ROUTE_C_FLOPS, ROUTE_C_PARAMS, self._tail_terms if self.latency is not None else ())
+        self._route_terms = route_terms[: self.n_kinds]
+        self._route_extra = tuple(self.num.poly_float(t, {}) for t in self._route_terms)
+        self._no_extra = tuple([0.0] * n for _ in range(self.n_kinds))
         self._value = {c: [float(p.c) ** int(c[0]) * 2.0 ** c[1] for p in solver.placements] for c in legal}
-        self._lims_f = [lim.flops for lim in solver.limits]
-        self._lims_p = [lim.params for lim in solver.limits]
+        self._lims = tuple([getattr(lim, kind) for lim in solver.limits] for kind in COST_KINDS[: self.n_kinds])
+        self._lims_f, self._lims_p = self._lims[0], self._lims[1]
+
+    # -- the finishing step's latency (a latency model only) ------------------------
+    def _setup_closing(self) -> None:
+        """The ops the finishing step may add, priced by the latency model."""
+        ctx = SpaceContext(latency=self.latency)
+        full = INPUT_SHAPE  # [1, C, 1, 1, H, W]: the largest a folded branch can be
+        add = Binary(op="add")
+        self._add_terms = infer(add, (full, full), 0, ctx).latency
+        pooled = (ONE, ONE, ONE, ONE, full[H_SLOT], full[W_SLOT])
+        tail = []
+        shape = pooled
+        for slot in (H_SLOT, W_SLOT):  # route c: a pooled copy, projected to C and added
+            fold = Fold(slot=SLOTS[slot], mode="mean")
+            inf = infer(fold, (shape,), 0, ctx)
+            tail.extend(inf.latency)
+            shape = inf.shape
+        proj = infer(Projection(out="C", grouped=False), (shape,), 0, ctx)
+        tail.extend(proj.latency)
+        tail.extend(infer(add, (pooled, proj.shape), 0, ctx).latency)
+        self._tail_terms = tuple(tail)
+        self._fold_ctx = ctx
+
+    def pending_terms(self, shape: Shape, has_c: bool) -> tuple:
+        """Latency of the folds the finishing step applies to a branch of ``shape``
+        (G, KH and KW, then C unless it is ``C`` on route *a*, or 1), as monomials (cached)."""
+        key = (shape, has_c)
+        hit = self._pending.get(key)
+        if hit is None:
+            terms: list = []
+            for slot in (G_SLOT, KH_SLOT, KW_SLOT, C_SLOT):
+                if shape[slot].is_one or (slot == C_SLOT and has_c and shape[slot] == C):
+                    continue
+                inf = infer(Fold(slot=SLOTS[slot], mode="mean"), (shape,), 0, self._fold_ctx)
+                terms.extend(inf.latency)
+                shape = inf.shape
+            hit = self._pending[key] = tuple(terms)
+        return hit
+
+    def closing_terms(self, shapes: Sequence[Shape], has_c: bool) -> tuple:
+        """The latency the finishing step may add to a state with open branches
+        ``shapes``, beyond the route's static tail: every branch's folds and one
+        add per extra branch (as monomials; empty without a latency model)."""
+        if self.latency is None:
+            return ()
+        terms: list = []
+        for s in shapes:
+            terms.extend(self.pending_terms(s, has_c))
+        if len(shapes) > 1:
+            terms.extend(m * (len(shapes) - 1) for m in self._add_terms)
+        return tuple(terms)
+
+    def _branch_pending(self, state: SearchState, w: dict, has_c: bool) -> list:
+        """Per open branch, the float latency of its pending folds under ``w`` (cached per state and route)."""
+        if state.closing is None:
+            state.closing = {}
+        hit = state.closing.get(has_c)
+        if hit is None:
+            graph = state.graph
+            hit = state.closing[has_c] = [self.num.poly_float(self.pending_terms(graph.branch_shape(i), has_c), w)
+                                          for i in range(graph.width)]
+        return hit
+
+    def _rest(self, state: SearchState, w: dict, has_c: bool, ops: tuple, width_after: int) -> list:
+        """Float closing latency of the branches an effect on ``ops`` leaves alone, plus the merges."""
+        pend = self._branch_pending(state, w, has_c)
+        adds = self.num.poly_float(self._add_terms, {})
+        out = [(width_after - 1) * a for a in adds]
+        for i, vec in enumerate(pend):
+            if i not in ops:
+                out = [a + b for a, b in zip(out, vec)]
+        return out
+
+    def _successor_shapes(self, state: SearchState, pr: Prepared, ops: tuple) -> list:
+        graph = state.graph
+        shapes = [graph.branch_shape(i) for i in range(graph.width) if i not in ops]
+        return shapes + [pr.inf.shape]
 
     # -- witnesses ----------------------------------------------------------------
     def _costs(self, constraints: Constraints, w: dict) -> tuple:
-        """Float FLOPs and params per placement under ``w``."""
-        return (self.num.poly_float(poly_terms(constraints.flops), w), self.num.poly_float(poly_terms(constraints.params), w))
+        """Float costs per kind and placement under ``w``."""
+        polys = (constraints.flops, constraints.params, constraints.latency)[: self.n_kinds]
+        return tuple(self.num.poly_float(poly_terms(p), w) for p in polys)
 
     def _extra(self, has_c: bool) -> tuple:
+        """The route's static extra cost per kind (floats): route *c*'s projection, and its latency tail."""
         return self._no_extra if has_c else self._route_extra
 
-    def _solve(self, constraints: Constraints, symbols: tuple, has_c: bool) -> dict | None:
-        """CP-SAT: cheapest sizes satisfying ``constraints`` plus the route's extra cost."""
-        key = (constraints.key(), has_c)
+    def _solve(self, constraints: Constraints, symbols: tuple, has_c: bool, pending: tuple = ()) -> dict | None:
+        """CP-SAT: cheapest sizes satisfying ``constraints`` plus the route's extra cost
+        (and, with latency, the finishing step's ``pending`` latency terms)."""
+        key = (constraints.key(), has_c, pending) if pending else (constraints.key(), has_c)
         if key in self.cache:
             self.stats["cache_hit"] += 1
             return self.cache[key]
         self.stats["cpsat"] += 1
-        extra = ((), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS)
-        prob = self.solver.problem(constraints, symbols, *extra)
+        extra = ((), (), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS, self._route_terms[2] if self.n_kinds > 2 else ())
+        prob = self.solver.problem(constraints, symbols, extra[0], extra[1], extra_latency=extra[2] + tuple(pending))
         sizes, _ = solve_sizes(prob, self.solver.config, "min_cost", tie_break=False)
         w = None if sizes is None else {s: (c.ratio, c.exp) for s, c in sizes.items()}
         if len(self.cache) > 100_000:
@@ -207,10 +323,11 @@ class CompletionOracle:
         if w is not None:
             return w
         graph = state.graph
-        spatial_ok, has_c = route([graph.branch_shape(i) for i in range(graph.width)])
+        shapes = [graph.branch_shape(i) for i in range(graph.width)]
+        spatial_ok, has_c = route(shapes)
         if not spatial_ok:
             return None
-        w = self._solve(graph.constraints, graph.free_symbols, has_c)
+        w = self._solve(graph.constraints, graph.free_symbols, has_c, self.closing_terms(shapes, has_c))
         if w is not None:
             self.set_witness(state, w)
         return w
@@ -232,9 +349,9 @@ class CompletionOracle:
         if not (all(num.integral(m, w) for m in c.integral) and all(num.equal_one(m, w) for m in c.equal)
                 and all(num.volume_ok(m, w) for m in c.volume)):
             return False
-        flops = num.poly(poly_terms(c.flops), w)
-        params = num.poly(poly_terms(c.params), w)
-        return all(f <= lim.flops and p <= lim.params for f, p, lim in zip(flops, params, self.solver.limits))
+        polys = (c.flops, c.params, c.latency)[: self.n_kinds]
+        totals = [num.poly(poly_terms(p), w) for p in polys]
+        return all(v <= lim for kind, lims in zip(totals, self._lims) for v, lim in zip(kind, lims))
 
     def completable(self, state: SearchState) -> bool:
         """True when ``state`` can still be finished legally within budget."""
@@ -242,45 +359,49 @@ class CompletionOracle:
 
     # -- candidate actions ---------------------------------------------------------
     def slack(self, state: SearchState, has_c: bool) -> tuple:
-        """``(flops, params)`` per placement that an action may still add to ``state``
-        and clearly fit, route cost included (a 1e-9 relative margin below each
+        """Costs per kind and placement that an action may still add to ``state``
+        and clearly fit, the route's static cost included (a 1e-9 relative margin below each
         limit, so a float sum that passes is within budget exactly). Cached per state."""
         return self._room(state, ("slack", has_c), lambda: state.witness_costs, 1 - 1e-9)
 
     def _room(self, state: SearchState, key: tuple, base, factor: float) -> tuple:
-        """``(flops, params)`` per placement between ``factor`` x each limit and
+        """Costs per kind and placement between ``factor`` x each limit and
         ``base()`` plus the route cost of ``key[1]`` (cached on the state under ``key``)."""
         if state.room is None:
             state.room = {}
         cache = state.room
         hit = cache.get(key)
         if hit is None:
-            base_f, base_p = base()
-            x_f, x_p = self._extra(key[1])
-            hit = (
-                [lim * factor - b - x for lim, b, x in zip(self._lims_f, base_f, x_f)],
-                [lim * factor - b - x for lim, b, x in zip(self._lims_p, base_p, x_p)],
-            )
+            extra = self._extra(key[1])
+            hit = tuple([lim * factor - b - x for lim, b, x in zip(lims, costs, xs)] for lims, costs, xs in zip(self._lims, base(), extra))
             cache[key] = hit
         return hit
 
-    def quick_fit(self, pr: Prepared, w: dict, slack: tuple) -> Fit | None:
+    def quick_fit(self, pr: Prepared, w: dict, slack: tuple, has_c: bool = True, rest: list | None = None) -> Fit | None:
         """The witness fast path of :meth:`check_prepared`, for the mask's inner loop:
         a :class:`Fit` when the witness, extended with the first size choice that
         keeps the action's own constraints and clearly fits the ``slack``, works;
-        None when undecided (then :meth:`check_prepared` decides exactly)."""
-        slack_f, slack_p = slack
+        None when undecided (then :meth:`check_prepared` decides exactly).
+
+        With latency budgeted, ``rest`` is the closing latency of the branches the
+        effect leaves alone (:meth:`_rest`); the new branch's pending folds are
+        added per size choice."""
         wkey = tuple([w[s] for s in pr.old_syms])
         table = self._effects.get((pr.eid, wkey))
         if table is None:
             table = self._effect_table(pr, w, wkey)
-        for cand, d_f, d_p in table:
-            if all(map(le, d_f, slack_f)) and all(map(le, d_p, slack_p)):  # C-level loops: the hottest code of a search
-                return Fit(cand, d_f, d_p)
+        slack_f, slack_p = slack[0], slack[1]
+        for cand, deltas, pend in table:
+            if all(map(le, deltas[0], slack_f)) and all(map(le, deltas[1], slack_p)):  # C-level loops: the hottest code of a search
+                if rest is None:
+                    return Fit(cand, deltas)
+                need = [d + p + r for d, p, r in zip(deltas[2], pend[has_c], rest)]
+                if all(map(le, need, slack[2])):
+                    return Fit(cand, deltas)
         return None
 
     def effect_floor(self, pr: Prepared) -> tuple | None:
-        """Lower bounds of the action's own FLOPs and params per placement over
+        """Lower bounds of the action's own costs per kind and placement over
         every size choice its own constraints allow, or None when no choice
         satisfies them or its tensors break the cap whatever the sizes (cached
         per effect: it does not depend on the state)."""
@@ -300,13 +421,14 @@ class CompletionOracle:
         return hit
 
     def headroom(self, state: SearchState, has_c: bool) -> tuple:
-        """``(flops, params)`` per placement left above the lower bound of the
-        state's own costs (with the route's cost): an action whose
+        """Costs per kind and placement left above the lower bound of the
+        state's own costs (with the route's static cost): an action whose
         :meth:`effect_floor` exceeds it anywhere cannot be completed (cached per state).
 
         Along an episode the bound is kept running (:meth:`advance_lb`): the
         previous state's bound plus the action's floor, a valid bound that costs
-        nothing to update."""
+        nothing to update. The finishing step's pending latency is left out, so
+        what this rejects stays rejected for the rest of the episode."""
         return self._room(state, ("headroom", has_c), lambda: state.lb_running or self._state_lb(state), 1 + 1e-9)
 
     def cannot_fit(self, pr: Prepared, headroom: tuple) -> bool:
@@ -315,7 +437,7 @@ class CompletionOracle:
         Costs add up, so a lower bound of each part bounds the sum.
         """
         floor = self.effect_floor(pr)
-        return floor is None or not (all(map(le, floor[0], headroom[0])) and all(map(le, floor[1], headroom[1])))
+        return floor is None or not all(all(map(le, f, h)) for f, h in zip(floor, headroom))
 
     def advance_lb(self, state: SearchState, pr: Prepared | None) -> tuple | None:
         """The running lower bound of the state after applying ``pr`` to ``state``
@@ -326,7 +448,7 @@ class CompletionOracle:
         floor = self.effect_floor(pr)
         if floor is None:
             return None
-        return [a + b for a, b in zip(base[0], floor[0])], [a + b for a, b in zip(base[1], floor[1])]
+        return tuple([a + b for a, b in zip(x, y)] for x, y in zip(base, floor))
 
     def successor(self, state: SearchState, pr: Prepared, res: tuple) -> tuple:
         """``(witness, costs, domains)`` of the state after an accepted action
@@ -334,9 +456,8 @@ class CompletionOracle:
         if not isinstance(res, Fit):
             return res
         w = state.witness
-        base_f, base_p = state.witness_costs
         witness = {**w, pr.new_syms[0]: res.cand} if pr.new_syms else w
-        costs = ([a + b for a, b in zip(base_f, res.d_f)], [a + b for a, b in zip(base_p, res.d_p)])
+        costs = tuple([a + b for a, b in zip(base, d)] for base, d in zip(state.witness_costs, res.deltas))
         return witness, costs, None
 
     # -- the mask's decision ---------------------------------------------------------
@@ -359,12 +480,13 @@ class CompletionOracle:
         (Prepared, result)`` for :meth:`successor`.
 
         ``candidates`` are ``(Prepared, successor key, action indices, operand
-        branches)`` for the state's open branches ``shapes``. Each effect is
-        decided once, cheapest test first (see the module docstring): the route,
-        the rejections carried down the episode (``2 * eid + has_c``; a rejection
-        with C kept implies one without), the cost floors (:meth:`cannot_fit`),
-        the witness (:meth:`quick_fit`), then the exact check (:meth:`check_prepared`).
-        New rejections are added to ``state.rejected``.
+        branches)`` for the state's open branches ``shapes`` (a fork: no operands,
+        ``Prepared.fork``). Each effect is decided once, cheapest test first (see
+        the module docstring): the route, the rejections carried down the episode
+        (``2 * eid + has_c``; a rejection with C kept implies one without), the
+        cost floors (:meth:`cannot_fit`), the witness (:meth:`quick_fit`), then the
+        exact check (:meth:`check_prepared`). New rejections are added to
+        ``state.rejected`` (with latency budgeted, only the floors' ones).
         """
         w = self.state_witness(state)
         if w is None:  # the state itself cannot be finished, so no state after it can
@@ -375,6 +497,8 @@ class CompletionOracle:
         counts = [sum(f[k] for f in flags) for k in range(3)]
         slack = (self.slack(state, False), self.slack(state, True))
         headroom = (self.headroom(state, False), self.headroom(state, True))
+        carry_exact = self.latency is None
+        width = len(shapes)
         legal = []
         for pr, key, idx, ops in candidates:
             keeps_c = self.route_for(pr, ops, counts, flags)
@@ -387,11 +511,13 @@ class CompletionOracle:
             if self.cannot_fit(pr, headroom[has_c]):
                 new_rejected.append(code + has_c)
                 continue
-            res = self.quick_fit(pr, w, slack[has_c])
+            rest = None if carry_exact else self._rest(state, w, bool(has_c), ops, width - len(ops) + 1)
+            res = self.quick_fit(pr, w, slack[has_c], has_c, rest)
             if res is None:
-                res = self.check_prepared(state, pr, bool(has_c))
+                res = self.check_prepared(state, pr, bool(has_c), ops)
                 if res is None:
-                    new_rejected.append(code + has_c)
+                    if carry_exact:
+                        new_rejected.append(code + has_c)
                     continue
             legal.append(idx)
             succ[key] = (pr, res)
@@ -406,7 +532,7 @@ class CompletionOracle:
         flags = [shape_flags(graph.branch_shape(i)) for i in range(graph.width)]
         counts = [sum(f[k] for f in flags) for k in range(3)]
         has_c = self.route_for(pr, ops, counts, flags)
-        return None if has_c is None else self.check_prepared(state, pr, has_c)
+        return None if has_c is None else self.check_prepared(state, pr, has_c, ops)
 
     def check(self, state: SearchState, inf: Inference, operands: Sequence[int]) -> tuple | None:
         """Can the state after applying ``inf`` to ``operands`` still be finished?
@@ -423,56 +549,67 @@ class CompletionOracle:
         spatial_ok, has_c = route(shapes)
         if not spatial_ok:
             return None
-        return self.check_prepared(state, Prepared(inf, None, free_symbol(graph.n_free)), has_c)
+        return self.check_prepared(state, Prepared(inf, None, free_symbol(graph.n_free)), has_c, tuple(operands))
 
-    def check_prepared(self, state: SearchState, pr: Prepared, has_c: bool) -> tuple | None:
-        """:meth:`check` once the route is known (H and W survive; ``has_c``)."""
+    def check_prepared(self, state: SearchState, pr: Prepared, has_c: bool, ops: tuple = ()) -> tuple | None:
+        """:meth:`check` once the route is known (H and W survive; ``has_c``); ``ops``:
+        the branches the effect replaces (with latency budgeted, what is left to finish depends on them)."""
         w = self.state_witness(state)
         if w is None:
             return None
         inf = pr.inf
-        base_f, base_p = state.witness_costs
+        base = state.witness_costs
         extra = self._extra(has_c)
         new_syms = pr.new_syms
         wkey = tuple(w[s] for s in pr.old_syms)
-        vkey = (pr.eid, wkey, has_c, tuple(base_f), tuple(base_p))
+        vkey = (pr.eid, wkey, has_c, tuple(base[0]), tuple(base[1]))
+        rest = pending = None
+        if self.latency is not None:
+            width_after = state.graph.width - len(ops) + 1
+            rest = self._rest(state, w, has_c, ops, width_after)
+            pending = self.closing_terms(self._successor_shapes(state, pr, ops), has_c)
+            vkey += (tuple(base[2]), tuple(rest))
         hit = self._verdicts.get(vkey)
         if hit is not None:  # the same effect, sizes and costs as in an earlier state
             self.stats["witness"] += 1
             cand, costs = hit
             return ({**w, new_syms[0]: cand} if new_syms else w), costs, None
-        for cand, d_f, d_p in self._effect_table(pr, w, wkey):
-            verdict = _compare(base_f, d_f, extra[0], self._lims_f)
+        for cand, deltas, pend in self._effect_table(pr, w, wkey):
+            verdict = _compare(base[0], deltas[0], extra[0], self._lims[0])
             if verdict:
-                verdict = min(verdict, _compare(base_p, d_p, extra[1], self._lims_p))
+                verdict = min(verdict, _compare(base[1], deltas[1], extra[1], self._lims[1]))
+            if verdict and rest is not None:
+                need = [d + p + r for d, p, r in zip(deltas[2], pend[has_c], rest)]
+                verdict = min(verdict, _compare(base[2], need, extra[2], self._lims[2]))
             w2 = {**w, new_syms[0]: cand} if new_syms else w
             if verdict == _NEAR:
-                verdict = _FITS if self._fits_exact(state.graph, inf, w2, has_c) else 0
+                verdict = _FITS if self._fits_exact(state.graph, inf, w2, has_c, pending or ()) else 0
             if verdict == _FITS:
                 self.stats["witness"] += 1
-                costs = ([a + b for a, b in zip(base_f, d_f)], [a + b for a, b in zip(base_p, d_p)])
+                costs = tuple([a + b for a, b in zip(x, d)] for x, d in zip(base, deltas))
                 if len(self._verdicts) > 200_000:
                     self._verdicts.clear()
                 self._verdicts[vkey] = (cand, costs)
                 return w2, costs, None
         domains = self._propagate(state, pr, new_syms)
-        if domains is None or self._bound_fails(state, pr, domains, extra):
+        if domains is None or self._bound_fails(state, pr, domains, extra, pending or ()):
             self.stats["bound"] += 1
             return None
-        repaired = self._repair(state, pr, w, new_syms, has_c, domains)
+        repaired = self._repair(state, pr, w, new_syms, has_c, domains, pending or ())
         if repaired is not None:
             self.stats["repair"] += 1
             return repaired, None, domains
         cons = state.graph.constraints.copy()
         cons.add(inf)
-        w2 = self._solve(cons, state.graph.free_symbols + tuple(new_syms), has_c)
+        w2 = self._solve(cons, state.graph.free_symbols + tuple(new_syms), has_c, pending or ())
         return None if w2 is None else (w2, None, domains)
 
     def _effect_table(self, pr: Prepared, w: dict, wkey: tuple) -> list:
-        """``[(choice for the new size, flops per placement, params per placement)]``
+        """``[(choice for the new size, costs per kind and placement, pending)]``
         for the choices that keep the action's own constraints (integral, equal,
         within the tensor cap) under ``w``; cached by effect and by the witness
-        values of the sizes it touches, which rarely change."""
+        values of the sizes it touches, which rarely change. ``pending`` (latency
+        only) is the new branch's pending folds per route ``(route c, route a)``."""
         key = (pr.eid, wkey)
         hit = self._effects.get(key)
         if hit is not None:
@@ -480,6 +617,7 @@ class CompletionOracle:
         num = self.num
         hit = []
         base = {s: w[s] for s in pr.old_syms}
+        costs = pr.costs[: self.n_kinds]
         for cand in self._choices if pr.new_syms else (None,):
             w2 = {**base, pr.new_syms[0]: cand} if pr.new_syms else base
             if not all(num.integral(m, w2) for m in pr.integral):
@@ -488,18 +626,26 @@ class CompletionOracle:
                 break  # equalities only involve existing sizes: no choice fixes them
             if not num.volume_ok(pr.volume[0], w2):
                 continue
-            hit.append((cand, num.poly_float(pr.inf.flops, w2), num.poly_float(pr.inf.params, w2)))
+            pend = None
+            if self.latency is not None:
+                pend = tuple(num.poly_float(self.pending_terms(pr.inf.shape, route_a), w2) for route_a in (False, True))
+            hit.append((cand, tuple(num.poly_float(terms, w2) for terms in costs), pend))
         if len(self._effects) > 200_000:
             self._effects.clear()
         self._effects[key] = hit
         return hit
 
-    def _fits_exact(self, graph: KernelGraph, inf: Inference, w: dict, has_c: bool) -> bool:
+    def _fits_exact(self, graph: KernelGraph, inf: Inference, w: dict, has_c: bool, pending: tuple = ()) -> bool:
         """Exact budget check (only when the float check is within rounding of a limit)."""
-        extra = ((), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS)
-        flops = self.num.poly(poly_terms(graph.constraints.flops) + tuple(inf.flops) + extra[0], w)
-        params = self.num.poly(poly_terms(graph.constraints.params) + tuple(inf.params) + extra[1], w)
-        return all(f <= lim.flops and p <= lim.params for f, p, lim in zip(flops, params, self.solver.limits))
+        c = graph.constraints
+        route_terms = tuple(() for _ in range(self.n_kinds)) if has_c else self._route_terms
+        own = (tuple(inf.flops), tuple(inf.params), tuple(inf.latency) + tuple(pending))
+        polys = (c.flops, c.params, c.latency)
+        for k in range(self.n_kinds):
+            totals = self.num.poly(poly_terms(polys[k]) + own[k] + route_terms[k], w)
+            if not all(v <= lim for v, lim in zip(totals, self._lims[k])):
+                return False
+        return True
 
     # -- domains and bounds --------------------------------------------------------
     def _filter(self, domains: dict, monos, check) -> bool:
@@ -606,33 +752,34 @@ class CompletionOracle:
         return out
 
     def _state_lb(self, state: SearchState) -> tuple:
-        """Lower bounds of the state's own FLOPs and params per placement over its domains (cached on it)."""
+        """Lower bounds of the state's own costs per kind and placement over its domains (cached on it)."""
         base = state.lb
         if base is None:
             domains = self.domains(state)
             if domains is None:  # no sizes at all: nothing fits
                 inf = [float("inf")] * len(self._lims_f)
-                base = (inf, inf)
+                base = tuple(inf for _ in range(self.n_kinds))
             else:
                 base = self._costs_lb(state, domains)
             state.lb = base
         return base
 
     def _costs_lb(self, state: SearchState, domains: dict) -> tuple:
-        """Lower bounds of the state's own FLOPs and params per placement over ``domains``."""
+        """Lower bounds of the state's own costs per kind and placement over ``domains``."""
         c = state.graph.constraints
         bounds, floors = self._bounds(domains), self._state_floors(state)
-        return self._lb(poly_terms(c.flops), bounds, floors), self._lb(poly_terms(c.params), bounds, floors)
+        polys = (c.flops, c.params, c.latency)[: self.n_kinds]
+        return tuple(self._lb(poly_terms(p), bounds, floors) for p in polys)
 
     def _effect_lb(self, pr: Prepared, bounds: dict, floors: dict) -> tuple | None:
-        """Lower bounds of the action's own FLOPs and params per placement over
+        """Lower bounds of the action's own costs per kind and placement over
         ``bounds``, or None when one of its tensors breaks the cap whatever the sizes."""
         for m in pr.volume:
             if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)):
                 return None
-        return self._lb(pr.inf.flops, bounds, floors), self._lb(pr.inf.params, bounds, floors)
+        return tuple(self._lb(terms, bounds, floors) for terms in pr.costs[: self.n_kinds])
 
-    def _bound_fails(self, state: SearchState, pr: Prepared, domains: dict, extra: tuple) -> bool:
+    def _bound_fails(self, state: SearchState, pr: Prepared, domains: dict, extra: tuple, pending: tuple = ()) -> bool:
         """Lower bounds over independent domains already break a limit.
 
         The state's own costs are bounded once per state over its domains (a
@@ -647,23 +794,24 @@ class CompletionOracle:
         if own:
             floors = {**floors, **{f: [max(a, b) for a, b in zip(v, floors.get(f, v))] for f, v in own.items()}}
         touched = set(pr.new_syms)
-        for m in pr.volume + tuple(pr.inf.flops) + tuple(pr.inf.params):
+        for m in pr.volume + tuple(pr.inf.flops) + tuple(pr.inf.params) + tuple(pr.inf.latency) + tuple(pending):
             touched.update(m.free_symbols())
-        lb = self._effect_lb(pr, self._bounds({s: domains[s] for s in touched}), floors)
+        bounds = self._bounds({s: domains[s] for s in touched})
+        lb = self._effect_lb(pr, bounds, floors)
         if lb is None:
             return True
-        d_f, d_p = lb
-        lb_f = [a + b for a, b in zip(base[0], d_f)]
-        lb_p = [a + b for a, b in zip(base[1], d_p)]
-        for i, lim in enumerate(self.solver.limits):
-            if lb_f[i] + extra[0][i] > lim.flops * (1 + 1e-9) or lb_p[i] + extra[1][i] > lim.params * (1 + 1e-9):
-                return True
+        if pending:
+            lb = lb[:2] + (_vsum(lb[2], self._lb(pending, bounds, floors)),)
+        for k in range(self.n_kinds):
+            for i, lim in enumerate(self._lims[k]):
+                if base[k][i] + lb[k][i] + extra[k][i] > lim * (1 + 1e-9):
+                    return True
         return False
 
     # -- local repair ---------------------------------------------------------------
     def _system(self, state: SearchState) -> tuple:
         """The graph's constraints and cost terms indexed by symbol (cached on the state):
-        ``(symbol -> [(kind, monomial)], symbol -> flops terms, symbol -> params terms)``."""
+        ``(symbol -> [(kind, monomial)], (symbol -> cost terms) per cost kind)``."""
         hit = state.system
         if hit is None:
             c = state.graph.constraints
@@ -673,17 +821,18 @@ class CompletionOracle:
                     for s in m.free_symbols():
                         index.setdefault(s, []).append((kind, m))
             costs = []
-            for terms in (poly_terms(c.flops), poly_terms(c.params)):
+            for poly in (c.flops, c.params, c.latency)[: self.n_kinds]:
                 by_symbol: dict = {}
-                for m in terms:
+                for m in poly_terms(poly):
                     for s in m.free_symbols():
                         by_symbol.setdefault(s, []).append(m)
                 costs.append(by_symbol)
-            hit = (index, costs[0], costs[1])
+            hit = (index, tuple(costs))
             state.system = hit
         return hit
 
-    def _repair(self, state: SearchState, pr: Prepared, w: dict, new_syms: list, has_c: bool, domains: dict) -> dict | None:
+    def _repair(self, state: SearchState, pr: Prepared, w: dict, new_syms: list, has_c: bool, domains: dict,
+                pending: tuple = ()) -> dict | None:
         """Re-choose one size (new sizes start at their smallest) until every
         constraint holds; the cheapest such witness, or None.
 
@@ -691,23 +840,24 @@ class CompletionOracle:
         making room in the budget elsewhere is what CP-SAT found in most of the
         cases the first pass missed (a single other size changed in ~3 of 4 of
         them, in random rollouts at ResNet-18's placements)."""
-        index, flops_by, params_by = self._system(state)
+        index, cost_by = self._system(state)
         inf = pr.inf
         touched = set(new_syms)
-        for m in pr.integral + pr.equal + tuple(inf.flops) + tuple(inf.params):
+        for m in pr.integral + pr.equal + tuple(inf.flops) + tuple(inf.params) + tuple(inf.latency):
             touched.update(m.free_symbols())
         others = sorted(set(state.graph.free_symbols) - touched)
         if not touched and not others:
             return None
         num = self.num
-        lims = self.solver.limits
+        lims = self._lims
+        k_all = range(self.n_kinds)
         checks = {"integral": num.integral, "equal": num.equal_one, "volume": num.volume_ok}
+        effect = pr.costs[: self.n_kinds]
+        if pending:  # the finishing step's latency moves with the sizes too: count it as the action's
+            effect = effect[:2] + (effect[2] + tuple(pending),)
         # costs are updated, not recomputed: the state's costs under the witness,
         # minus its terms in the size being re-chosen, plus those terms re-valued
-        base_f, base_p = state.witness_costs
-        x_f, x_p = self._extra(has_c)
-        fixed_f = [a + b for a, b in zip(base_f, x_f)]
-        fixed_p = [a + b for a, b in zip(base_p, x_p)]
+        fixed = [[a + b for a, b in zip(base, x)] for base, x in zip(state.witness_costs, self._extra(has_c))]
         start = {**w, **{s: domains[s][0] for s in new_syms}}
         best = None
         for s in sorted(touched) + [None] + others:
@@ -715,18 +865,17 @@ class CompletionOracle:
                 if best is not None:
                     break
                 continue
-            own_f, own_p = flops_by.get(s, ()), params_by.get(s, ())
-            was_f, was_p = num.poly_float(own_f, start), num.poly_float(own_p, start)
+            own = [cost_by[k].get(s, ()) for k in k_all]
+            was = [num.poly_float(own[k], start) for k in k_all]
             for choice in domains[s]:
                 w2 = {**start, s: choice}
                 # the budget first (floats, a few terms): it is what usually fails
-                now_f, eff_f = num.poly_float(own_f, w2), num.poly_float(inf.flops, w2)
-                now_p, eff_p = num.poly_float(own_p, w2), num.poly_float(inf.params, w2)
-                f = [a - b + c + d for a, b, c, d in zip(fixed_f, was_f, now_f, eff_f)]
-                p = [a - b + c + d for a, b, c, d in zip(fixed_p, was_p, now_p, eff_p)]
-                if any(a > lim.flops * (1 - 1e-9) or b > lim.params * (1 - 1e-9) for a, b, lim in zip(f, p, lims)):
+                totals = [[a - b + c + d for a, b, c, d in zip(fixed[k], was[k], num.poly_float(own[k], w2), num.poly_float(effect[k], w2))]
+                          for k in k_all]
+                if any(v > lim * (1 - 1e-9) for k in k_all for v, lim in zip(totals[k], lims[k])):
                     continue
-                util = sum(a / lim.flops + b / lim.params for a, b, lim in zip(f, p, lims))
+                util = sum(sum(v / lim for v, lim in zip(totals[k], lims[k])) for k in k_all) if self.n_kinds > 2 else \
+                    sum(a / lf + b / lp for a, b, lf, lp in zip(totals[0], totals[1], lims[0], lims[1]))
                 if best is not None and util >= best[0]:
                     continue
                 if (

@@ -20,7 +20,7 @@ from kasrl.ir.dims import Monomial, symbol_name
 from kasrl.ir.graph import Constraints, KernelGraph, poly_terms
 from kasrl.ir.sizes import evaluate
 from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement, check_placements, conv3x3_flops, conv3x3_params
-from kasrl.solver.cpsat import SizeProblem, SolverConfig, solve_sizes
+from kasrl.solver.cpsat import ALL_CONSTRAINTS, SizeProblem, SolverConfig, solve_sizes
 
 __all__ = ["SizeSolver", "solved_value", "RESNET18_PLACEMENTS", "Budget"]
 
@@ -30,15 +30,20 @@ class SizeSolver:
 
     Args:
         placements: every ``(C, H, W)`` the kernel is used at.
-        budget: FLOPs, parameters and tensor cap per placement.
+        budget: FLOPs, parameters, tensor cap and predicted latency per placement.
         config: CP-SAT settings (``num_workers``, ``seed``, time limit, domain).
+        latency: the latency model that ``budget.latency`` is measured with
+            (its ``conv3x3_units``); graphs must be built in a context that has
+            the same model, so their constraints carry latency terms.
     """
 
-    def __init__(self, placements: Sequence[Placement], budget: Budget | None = None, config: SolverConfig | None = None) -> None:
+    def __init__(self, placements: Sequence[Placement], budget: Budget | None = None, config: SolverConfig | None = None,
+                 latency=None) -> None:
         self.placements = check_placements(placements)
         self.budget = budget or Budget()
         self.config = config or SolverConfig()
-        self.limits = tuple(self.budget.limits(p) for p in self.placements)
+        self.latency = latency if self.budget.latency is not None else None
+        self.limits = tuple(self.budget.limits(p, latency.conv3x3_units(p) if latency is not None else None) for p in self.placements)
         for p, lim in zip(self.placements, self.limits):
             if lim.volume < p.c * p.h * p.w:
                 raise SolverInfeasible(
@@ -54,8 +59,9 @@ class SizeSolver:
         extra_flops: Iterable[Monomial] = (),
         extra_params: Iterable[Monomial] = (),
         placements: Sequence[int] | None = None,
+        extra_latency: Iterable[Monomial] = (),
     ) -> SizeProblem:
-        """The CP-SAT problem for ``constraints`` (optionally at a subset of placements)."""
+        """The CP-SAT problem for ``constraints`` plus extra cost terms (optionally at a subset of placements)."""
         idx = range(len(self.placements)) if placements is None else placements
         return SizeProblem(
             tuple(symbols),
@@ -66,6 +72,7 @@ class SizeSolver:
             poly_terms(constraints.params) + tuple(extra_params),
             tuple(self.placements[i] for i in idx),
             tuple(self.limits[i] for i in idx),
+            poly_terms(constraints.latency) + tuple(extra_latency),
         )
 
     def solve(self, graph: KernelGraph, objective: str = "max_flops") -> dict:
@@ -114,6 +121,7 @@ class SizeSolver:
             (("integral", "equal", "volume"), "memory", None),
             (("integral", "equal", "volume", "flops"), "flops", None),
             (("integral", "equal", "volume", "flops", "params"), "params", None),
+            (ALL_CONSTRAINTS, "latency", None),
         )
         for i, p in enumerate(self.placements):
             for only, name, text in stages:
@@ -128,10 +136,12 @@ class SizeSolver:
                 elif name == "params":
                     need = self._min_ratio(constraints, symbols, "params", i)
                     text = f"budget {self.budget.describe_params()} is below the minimum this kernel needs ({need:.3g}x conv params)"
+                elif name == "latency":
+                    text = f"budget {self.budget.latency:g}x the conv's predicted latency is below what this kernel needs whatever the sizes"
                 return SolverInfeasible(f"{text} at {p}", tuple(p), name)
         for i in range(len(self.placements)):
             for j in range(i + 1, len(self.placements)):
-                if not self._feasible(constraints, symbols, ("integral", "equal", "volume", "flops", "params"), [i, j]):
+                if not self._feasible(constraints, symbols, ALL_CONSTRAINTS, [i, j]):
                     a, b = self.placements[i], self.placements[j]
                     return SolverInfeasible(
                         f"contradictory placements: no single choice of sizes works at both {a} and {b} "

@@ -23,7 +23,7 @@ import numpy as np
 
 from kasrl.errors import IllegalAction
 from kasrl.ir.dims import ONE, PLACEHOLDER, PLACEHOLDER_INDEX, C, free_symbol
-from kasrl.ir.graph import KernelGraph
+from kasrl.ir.graph import KernelGraph, infer
 from kasrl.ir.primitives import PRIMITIVES, Binary, Fold, Projection, SpaceContext
 from kasrl.ir.sizes import SizeChoice
 from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, KH_SLOT, KW_SLOT, SLOTS, W_SLOT
@@ -32,6 +32,7 @@ from kasrl.solver.cpsat import SolverConfig, solve_sizes
 from kasrl.solver.oracle import CompletionOracle, Prepared
 from kasrl.solver.solve import SizeSolver
 from kasrl.space.config import Action, ActionTable, SpaceConfig
+from kasrl.space.rules import redundant_after
 from kasrl.space.state import SearchState
 
 __all__ = ["SearchSpace", "SearchState", "RESNET18_PLACEMENTS"]
@@ -51,6 +52,8 @@ class SearchSpace:
         budget: FLOPs / parameter / tensor-size budget per placement.
         config: the primitive library and kernel limits.
         solver_config: CP-SAT settings (seed, workers, time limit, size domain).
+        latency: the latency model ``budget.latency`` is measured with (see
+            :mod:`kasrl.latency`); unused when latency is not budgeted.
 
     A state is a :class:`~kasrl.space.state.SearchState`. Masks are exact: every
     action :meth:`action_mask` allows leads to a state that can still be
@@ -64,14 +67,18 @@ class SearchSpace:
         budget: Budget | None = None,
         config: SpaceConfig | None = None,
         solver_config: SolverConfig | None = None,
+        latency=None,
     ) -> None:
         self.config = config or SpaceConfig()
-        self.solver = SizeSolver(placements, budget, solver_config)
+        self.solver = SizeSolver(placements, budget, solver_config, latency)
         self.oracle = CompletionOracle(self.solver)
         self.table = ActionTable(self.config)
-        self.ctx = SpaceContext(allow_spatial_weights=self.config.allow_spatial_weights)
+        self.ctx = SpaceContext(allow_spatial_weights=self.config.allow_spatial_weights, latency=self.solver.latency)
         self._applicable_cache: dict = {}
         self._groups_cache: dict = {}
+        self._fork_cache: dict = {}
+        self._redundant_cache: dict = {}
+        self._binary_ops = np.array([t for t, prim in enumerate(self.table.binary) if prim.family == "binary"], dtype=np.int64)
         self._initial: SearchState | None = None
 
     @property
@@ -137,7 +144,7 @@ class SearchSpace:
             trivial = []
             groups: dict = {}
             for t_idx, prim in enumerate(templates):
-                inf = prim.infer(shapes, PLACEHOLDER_INDEX, self.ctx)
+                inf = infer(prim, shapes, PLACEHOLDER_INDEX, self.ctx)
                 if inf is None:
                     continue
                 pr = Prepared(inf, shapes[0] if unary else None, PLACEHOLDER)
@@ -156,6 +163,13 @@ class SearchSpace:
             if len(self._applicable_cache) > 100_000:
                 self._applicable_cache.clear()
             self._applicable_cache[shapes] = hit
+        return hit
+
+    def _fork(self, shape) -> Prepared:
+        """The effect of forking a branch of ``shape`` (cached per shape; checked only with latency budgeted)."""
+        hit = self._fork_cache.get(shape)
+        if hit is None:
+            hit = self._fork_cache[shape] = Prepared.fork(shape)
         return hit
 
     def _groups_at(self, shapes: tuple, position: int) -> tuple:
@@ -205,10 +219,14 @@ class SearchSpace:
         mask[0] = graph.steps >= cfg.min_steps
         if graph.steps < cfg.max_steps:
             width = graph.width
-            if width < cfg.max_width and "fork" in cfg.families:
-                mask[self.table.fork_offset : self.table.fork_offset + width] = 1
             shapes = [graph.branch_shape(i) for i in range(width)]
             candidates = []
+            if width < cfg.max_width and "fork" in cfg.families:
+                if self.oracle.latency is None:  # a copy costs nothing
+                    mask[self.table.fork_offset : self.table.fork_offset + width] = 1
+                else:  # a copy is one more branch for the finishing step to fold and add
+                    offset = self.table.fork_offset
+                    candidates.extend((self._fork(s), ("fork", i), np.array([offset + i]), ()) for i, s in enumerate(shapes))
             for i, s in enumerate(shapes):
                 trivial, groups = self._groups_at((s,), i)
                 mask[trivial] = 1
@@ -220,9 +238,45 @@ class SearchSpace:
             legal = self.oracle.decide(state, shapes, candidates, succ)
             if legal:
                 mask[np.concatenate(legal)] = 1
+            redundant = self._redundant(graph)
+            if redundant:
+                mask[np.concatenate(redundant)] = 0
+        if not mask.any():  # too early to finish, yet nothing else fits: finishing is the way out
+            mask[0] = self.oracle.completable(state)
         state.mask = mask
         state.successors = succ
         return mask
+
+    def _redundant(self, graph: KernelGraph) -> list:
+        """Action indices :mod:`kasrl.space.rules` rejects in ``graph``: redundant
+        successors of each branch's producer, binary ops on two copies of one tensor."""
+        out = []
+        stride = self.config.max_width
+        for i, node_id in enumerate(graph.branches):
+            prim = graph.nodes[node_id].prim
+            if prim is None:
+                continue
+            templates = self._redundant_cache.get(prim)
+            if templates is None:
+                templates = np.array([t for t, nxt in enumerate(self.table.unary) if redundant_after(prim, nxt)], dtype=np.int64)
+                self._redundant_cache[prim] = templates
+            if len(templates):
+                out.append(self.table.unary_offset + i + templates * stride)
+        if graph.width >= 2 and len(self._binary_ops):
+            pairs = self.table.pairs
+            for p_idx, (i, j) in enumerate(pairs):
+                if i < graph.width and j < graph.width and graph.branches[i] == graph.branches[j]:
+                    out.append(self.table.binary_offset + p_idx + self._binary_ops * len(pairs))
+        return out
+
+    def _is_redundant(self, graph: KernelGraph, act: Action) -> bool:
+        """:meth:`_redundant` for one action."""
+        if act.kind == "unary":
+            return redundant_after(graph.nodes[graph.branches[act.operands[0]]].prim, act.prim)
+        if act.kind == "binary" and act.prim.family == "binary":
+            i, j = act.operands
+            return graph.branches[i] == graph.branches[j]
+        return False
 
     def is_legal(self, state: SearchState, action: int) -> bool:
         """True when ``action`` is allowed in ``state`` (checks that one action only)."""
@@ -245,11 +299,22 @@ class SearchSpace:
         ops = act.operands
         out = (False, None)
         if act.kind == "finish":
-            out = (graph.steps >= cfg.min_steps, None)
-        elif graph.steps >= cfg.max_steps or any(i >= graph.width for i in ops):
+            out = (self.can_finish(state), None)
+        elif graph.steps >= cfg.max_steps or any(i >= graph.width for i in ops) or self._is_redundant(graph, act):
             out = (False, None)
-        elif act.kind == "fork":
+        elif act.kind == "fork" and self.oracle.latency is None:
             out = (graph.width < cfg.max_width, None)
+        elif act.kind == "fork":
+            entry = None
+            if graph.width < cfg.max_width:
+                (i,) = ops
+                pr = self._fork(graph.branch_shape(i))
+                if state.mask is not None:
+                    entry = state.successors.get(("fork", i))
+                else:
+                    res = self.oracle.verdict(state, pr, ())
+                    entry = None if res is None else (pr, res)
+            out = (entry is not None, entry)
         elif not (act.kind == "binary" and act.prim.commutative and ops[0] > ops[1]):
             shapes = tuple(graph.branch_shape(i) for i in ops)
             _, _, by_template = self._applicable(shapes)
@@ -300,13 +365,14 @@ class SearchSpace:
         out.rejected = rejected  # constraints only grow: what was rejected stays rejected
         out.lb_running = running_lb
         g = out.graph
+        if entry is not None:
+            witness, costs, domains = succ
         if act.kind == "fork":
             g.fork(act.operands[0])
         elif entry is None:  # same-shape zero-cost action: the witness carries over
             g.apply(act.prim, act.operands)
         else:
             pr = entry[0]
-            witness, costs, domains = succ
             new = {PLACEHOLDER: free_symbol(g.n_free)} if pr.new_syms else {}
             g.apply(act.prim, act.operands, inference=pr.inf.renamed(new))
             if new:
@@ -332,8 +398,12 @@ class SearchSpace:
 
     # -- finishing ----------------------------------------------------------
     def can_finish(self, state: SearchState) -> bool:
-        """True when the finish action is legal."""
-        return state.steps >= self.config.min_steps and self.oracle.completable(state)
+        """True when the finish action is legal: from ``min_steps`` actions on, or
+        earlier when no other action is legal (a tight latency budget can leave a
+        state with nothing left to add), and the state can be finished."""
+        if state.steps < self.config.min_steps and self.action_mask(state)[1:].any():
+            return False
+        return self.oracle.completable(state)
 
     def finish(self, state: SearchState, objective: str = "max_flops") -> KernelGraph:
         """Close the kernel (zero-cost folds and adds; a projection to C only when no

@@ -44,6 +44,7 @@ class SearchState:
         room: the oracle's slack and headroom per route.
         floors: lower bounds that divisibility puts on products of sizes.
         system: the graph's constraints and cost terms indexed by symbol.
+        closing: with latency budgeted, each branch's pending finishing latency per route.
     """
 
     __slots__ = (
@@ -60,10 +61,11 @@ class SearchState:
         "room",
         "floors",
         "system",
+        "closing",
     )
 
     #: The caches a state made by an action never inherits.
-    CACHES = ("mask", "successors", "single", "witness", "witness_costs", "domains", "lb", "room", "floors", "system")
+    CACHES = ("mask", "successors", "single", "witness", "witness_costs", "domains", "lb", "room", "floors", "system", "closing")
 
     def __init__(self, graph: KernelGraph) -> None:
         self.graph = graph
@@ -79,6 +81,7 @@ class SearchState:
         self.room = None
         self.floors = None
         self.system = None
+        self.closing = None
 
     # -- what strategies ask of a state (read from the graph) -------------------------
     @property

@@ -18,7 +18,7 @@ from tests.helpers import rollout
 def kernels():
     space = SearchSpace()
     rng = random.Random(0)
-    return space, [space.finish(rollout(space, rng, 5, 8)) for _ in range(3)]
+    return space, [rollout(space, rng, 5, 8) for _ in range(3)]  # rollouts end with the finish action
 
 
 class _Broken(AnalyticEvaluator):

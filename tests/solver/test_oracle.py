@@ -1,52 +1,101 @@
-"""The completability oracle agrees with brute force on small cases."""
+"""The completability oracle agrees with brute force on small cases.
+
+The brute-force reference is written from the oracle's specification, not from
+its code: every monomial is evaluated with plain Fractions
+(:func:`kasrl.ir.sizes.symbol_values`), route *c* costs the 1 -> C projection's
+``2C`` FLOPs and ``C`` parameters, and with a latency budget the finishing
+step's reserve is built here from explicit fold, add and projection nodes priced
+by a planted latency model.
+"""
 
 from __future__ import annotations
 
 import itertools
 import random
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from kasrl.ir.dims import C
+from kasrl.ir.dims import ONE, C
 from kasrl.ir.graph import poly_terms
 from kasrl.ir.primitives import Binary, Fold, Projection
-from kasrl.ir.shape import C_SLOT, H_SLOT, W_SLOT
+from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, INPUT_SHAPE, KH_SLOT, KW_SLOT, SLOTS, W_SLOT
+from kasrl.ir.sizes import SizeChoice, symbol_values
 from kasrl.solver.budget import Budget, Placement, SizeDomain
 from kasrl.solver.cpsat import SolverConfig, solve_sizes
-from kasrl.solver.numeric import NumericModel
-from kasrl.solver.oracle import ROUTE_C_FLOPS, ROUTE_C_PARAMS
 from kasrl.space import SearchSpace, SpaceConfig
+from tests.helpers import PlantedLatency
 
 PLACEMENTS = [Placement(8, 4, 4), Placement(16, 2, 2)]
 DOMAIN = SizeDomain(ratio_exps=(-2, 0), const_exps=(0, 2))  # 6 choices: brute force stays small
+LATENCY = PlantedLatency(fixed=300, per_flop=1, per_byte=1, overhead=500)
 
 
-def _space(families, budget=0.6, width=3, steps=8):
+def _space(families, budget=0.6, width=3, steps=8, latency=None):
     config = SpaceConfig(kernel_sizes=(3,), dilations=(1,), shifts=(1,), families=families, max_width=width, max_steps=steps)
-    return SearchSpace(PLACEMENTS, Budget(flops=budget, params=budget, max_tensor=12.0), config, SolverConfig(domain=DOMAIN))
+    b = Budget(flops=budget, params=budget, max_tensor=12.0, latency=latency)
+    return SearchSpace(PLACEMENTS, b, config, SolverConfig(domain=DOMAIN), latency=LATENCY if latency else None)
+
+
+def _value(terms, values) -> Fraction:
+    return sum((m.evaluate(values) for m in terms), Fraction(0))
+
+
+def _node_latency(prim, shapes) -> tuple:
+    inf = prim.infer(shapes, 0)
+    return LATENCY.node_terms(prim, shapes, inf), inf.shape
+
+
+def _reserve(shapes, has_c: bool) -> tuple:
+    """The finishing step's latency, as specified: each branch's folds (G, KH, KW,
+    then C unless it is C on route a or 1), one add per extra branch at
+    [1, C, 1, 1, H, W], and on route c a pooled copy's folds, projection and add."""
+    terms = []
+    for s in shapes:
+        for slot in (G_SLOT, KH_SLOT, KW_SLOT, C_SLOT):
+            if s[slot].is_one or (slot == C_SLOT and has_c and s[slot] == C):
+                continue
+            t, s = _node_latency(Fold(slot=SLOTS[slot], mode="mean"), (s,))
+            terms += t
+    add, _ = _node_latency(Binary(op="add"), (INPUT_SHAPE, INPUT_SHAPE))
+    terms += list(add) * (len(shapes) - 1)
+    if not has_c:
+        pooled = (ONE, ONE, ONE, ONE, INPUT_SHAPE[H_SLOT], INPUT_SHAPE[W_SLOT])
+        t, s = _node_latency(Fold(slot="H", mode="mean"), (pooled,))
+        terms += t
+        t, s = _node_latency(Fold(slot="W", mode="mean"), (s,))
+        terms += t
+        t, s = _node_latency(Projection(out="C", grouped=False), (s,))
+        terms += t
+        terms += _node_latency(Binary(op="add"), (pooled, s))[0]
+    return tuple(terms)
 
 
 def _brute_sizes(space, g) -> bool:
-    """Enumerate every size assignment of ``g`` plus its finishing route's cost."""
+    """Some assignment of ``g``'s free sizes meets every constraint and the budget,
+    with the finishing route's cost added (enumerated, plain Fractions)."""
     shapes = [g.branch_shape(i) for i in range(g.width)]
     if not any(not s[H_SLOT].is_one for s in shapes) or not any(not s[W_SLOT].is_one for s in shapes):
         return False
     has_c = any(s[C_SLOT] == C for s in shapes)
-    num = NumericModel(space.solver.placements, space.solver.limits)
     cons = g.constraints
-    flops = poly_terms(cons.flops) + (() if has_c else ROUTE_C_FLOPS)
-    params = poly_terms(cons.params) + (() if has_c else ROUTE_C_PARAMS)
+    flops = poly_terms(cons.flops) + (() if has_c else (C * 2,))
+    params = poly_terms(cons.params) + (() if has_c else (C,))
+    latency = poly_terms(cons.latency) + (_reserve(shapes, has_c) if space.solver.latency is not None else ())
     for combo in itertools.product(DOMAIN.choices(), repeat=len(g.free_symbols)):
-        w = dict(zip(g.free_symbols, combo))
-        if not all(num.integral(m, w) for m in cons.integral):
-            continue
-        if not all(num.equal_one(m, w) for m in cons.equal):
-            continue
-        if not all(num.volume_ok(m, w) for m in cons.volume):
-            continue
-        f, p = num.poly(flops, w), num.poly(params, w)
-        if all(a <= lim.flops and b <= lim.params for a, b, lim in zip(f, p, space.solver.limits)):
+        sizes = {s: SizeChoice(*c) for s, c in zip(g.free_symbols, combo)}
+        ok = True
+        for p, lim in zip(space.solver.placements, space.solver.limits):
+            v = symbol_values(sizes, p.c, p.h, p.w)
+            if not (all((m.evaluate(v).denominator == 1 and m.evaluate(v) >= 1) for m in cons.integral)
+                    and all(m.evaluate(v) == 1 for m in cons.equal)
+                    and all(m.evaluate(v) <= lim.volume for m in cons.volume)
+                    and _value(flops, v) <= lim.flops and _value(params, v) <= lim.params
+                    and (lim.latency is None or _value(latency, v) <= lim.latency)):
+                ok = False
+                break
+        if ok:
             return True
     return False
 
@@ -54,13 +103,14 @@ def _brute_sizes(space, g) -> bool:
 FAMILIES = ("projection", "conv", "mix", "unfold", "group", "fold", "activation", "binary", "bmm", "fork")
 
 
-@pytest.mark.parametrize("budget", [0.25, 0.6, 1.0])
-def test_every_action_verdict_matches_enumeration_of_sizes(budget):
-    """For every structurally applicable action in random states, the mask says
-    "legal" exactly when some sizes satisfy the successor's constraints plus the
-    finishing route's cost."""
-    space = _space(FAMILIES, budget)
-    rng = random.Random(int(budget * 100))
+@pytest.mark.parametrize("budget,latency", [(0.25, None), (0.6, None), (1.0, None), (1.0, 0.5), (1.0, 1.0), (0.6, 2.0)])
+def test_every_action_verdict_matches_enumeration_of_sizes(budget, latency):
+    """For every structurally applicable action in random states (forks too, when
+    latency is budgeted), the mask says "legal" exactly when some sizes satisfy the
+    successor's constraints plus the finishing route's cost. Actions the redundancy
+    rules reject are masked whatever the budget."""
+    space = _space(FAMILIES, budget, latency=latency)
+    rng = random.Random(int(budget * 100) + int((latency or 0) * 7))
     checked = agree_legal = 0
     for _ in range(25):
         g = space.reset()
@@ -68,14 +118,22 @@ def test_every_action_verdict_matches_enumeration_of_sizes(budget):
             mask = space.action_mask(g)
             for a in range(1, space.n_actions):
                 act = space.table[a]
-                if act.kind not in ("unary", "binary") or any(i >= g.width for i in act.operands):
-                    continue
-                if act.kind == "binary" and act.prim.commutative and act.operands[0] > act.operands[1]:
-                    continue
-                if g.graph.infer(act.prim, act.operands) is None:
+                if any(i >= g.width for i in act.operands):
                     continue
                 succ = g.graph.copy()
-                succ.apply(act.prim, act.operands)
+                if act.kind == "fork":
+                    if latency is None or g.width >= space.config.max_width:
+                        continue
+                    succ.fork(act.operands[0])
+                else:
+                    if act.kind == "binary" and act.prim.commutative and act.operands[0] > act.operands[1]:
+                        continue
+                    if g.graph.infer(act.prim, act.operands) is None:
+                        continue
+                    if space._is_redundant(g.graph, act):
+                        assert not mask[a], f"{act.label()} is redundant after\n{g.describe()}"
+                        continue
+                    succ.apply(act.prim, act.operands)
                 expected = _brute_sizes(space, succ)
                 assert bool(mask[a]) == expected, f"{act.label()} after\n{g.describe()}"
                 checked += 1
@@ -179,8 +237,8 @@ def test_rejections_by_bounds_and_inherited_rejections_are_exact_at_resnet18():
     rejected = []
     bound_fails = oracle._bound_fails
 
-    def recording(state, pr, domains, extra):
-        out = bound_fails(state, pr, domains, extra)
+    def recording(state, pr, domains, extra, pending=()):
+        out = bound_fails(state, pr, domains, extra, pending)
         if out:
             rejected.append((state.graph.constraints.copy(), state.graph.free_symbols, pr, extra is oracle._no_extra))
         return out
@@ -209,6 +267,6 @@ def test_rejections_by_bounds_and_inherited_rejections_are_exact_at_resnet18():
     assert compared >= 30 and len(cheap) >= 20 and rejected  # the cheap floor decides most rejections
     for cons, symbols, pr, has_c in rng.sample(cheap, 20) + rng.sample(rejected, min(20, len(rejected))):
         cons.add(pr.inf)
-        extra = ((), ()) if has_c else (ROUTE_C_FLOPS, ROUTE_C_PARAMS)
+        extra = ((), ()) if has_c else ((C * 2,), (C,))
         prob = space.solver.problem(cons, sorted(set(symbols) | set(pr.old_syms) | set(pr.new_syms)), *extra)
         assert solve_sizes(prob, space.solver.config, "feasible", tie_break=False)[0] is None

@@ -68,3 +68,47 @@ def test_graphs_carry_no_search_caches():
         s = space.apply(s, int([a for a in np.flatnonzero(space.action_mask(s)) if a != 0][0]))
     assert not [k for k in vars(s.graph) if k.startswith("_")]
     assert s.mask is None and s.witness is not None
+
+
+def _act(space, name, *ops, **attrs):
+    return space.index(name, *ops, **attrs)
+
+
+def test_redundancy_rules_mask_identities_overflows_and_waste():
+    space = SearchSpace(config=SpaceConfig(max_steps=10))
+    s = space.apply(space.reset(), _act(space, "elementwise", 0, fn="exp"))
+    mask = space.action_mask(s)
+    assert not mask[_act(space, "elementwise", 0, fn="exp")]  # exp(exp(x)) overflows
+    assert mask[_act(space, "elementwise", 0, fn="sin")]
+    assert not mask[_act(space, "elementwise", 0, fn="abs")]  # exp is positive: abs is the identity
+    assert not space.is_legal(s, _act(space, "elementwise", 0, fn="exp"))  # one-action queries agree
+    r = space.apply(space.reset(), _act(space, "activation", 0, fn="relu"))
+    mask = space.action_mask(r)
+    assert not mask[_act(space, "activation", 0, fn="relu")] and mask[_act(space, "activation", 0, fn="gelu")]
+    sh = space.apply(space.reset(), _act(space, "shift", 0, axes="H", offset=1))
+    mask = space.action_mask(sh)
+    assert not mask[_act(space, "shift", 0, axes="H", offset=-1)] and mask[_act(space, "shift", 0, axes="W", offset=1)]
+    sc = space.apply(space.reset(), _act(space, "scale", 0, slot="C"))
+    assert not space.action_mask(sc)[_act(space, "scale", 0, slot="C")]
+    f = space.apply(space.reset(), _act(space, "fork", 0))
+    mask = space.action_mask(f)
+    assert not mask[_act(space, "binary", 0, 1, op="sub")]  # x - x is zero
+    assert mask[_act(space, "bmm", 0, 1, contract="C", softmax=False)]  # x x^T (attention-like) is allowed
+    f2 = space.apply(f, _act(space, "activation", 1, fn="gelu"))
+    assert space.action_mask(f2)[_act(space, "binary", 0, 1, op="sub")]  # different tensors now
+
+
+def test_groups_have_at_least_two_members_everywhere():
+    from kasrl.ir.sizes import evaluate
+
+    space = SearchSpace(config=SpaceConfig(max_steps=6))
+    rng = random.Random(0)
+    groups = 0
+    for _ in range(40):
+        kernel, _ = RandomSampler(space, seed=rng.randrange(10**6), steps=(1, 6), family_first=True).sample_actions()
+        for node in kernel.nodes:
+            if node.op == "group":
+                groups += 1
+                for p in space.placements:
+                    assert evaluate(node.shape[0], kernel.sizes, p.c, p.h, p.w) >= 2
+    assert groups > 0
