@@ -33,8 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--widths", default="2-8", help="width range (default 2-8)")
     p.add_argument("--family-first", action="store_true", help="draw a family first, then a variant")
     p.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures (faster)")
-    p.add_argument("--sizes", choices=("max_flops", "feasible"), default="max_flops",
-                   help="max_flops: sizes that use the budget as fully as allowed (default); feasible: the first legal sizes")
+    p.add_argument("--sizes", choices=("fill", "max_flops", "max_capacity", "feasible"), default="fill",
+                   help="fill: sizes that fill the budget that decides speed (default: max_capacity with a latency budget, "
+                        "else max_flops); feasible: the first legal sizes")
     return p.parse_args(argv)
 
 

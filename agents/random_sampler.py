@@ -40,14 +40,16 @@ class RandomSampler(Strategy):
         family_first: draw a primitive family uniformly, then one of its legal
             actions (uniform over actions over-samples families with many
             variants, such as convolutions).
-        sizes: ``"max_flops"`` (CP-SAT sizes using the budget as fully as
-            allowed) or ``"feasible"`` (the first legal sizes; faster).
+        sizes: how the finishing step sizes a kernel (see
+            :meth:`~kasrl.space.SearchSpace.finish`): ``"fill"`` (CP-SAT sizes
+            that fill the budget that decides speed) or ``"feasible"`` (the first
+            legal sizes; faster).
     """
 
     name = "random"
 
     def __init__(self, space: SearchSpace, seed: int = 0, steps: tuple = (5, 25), widths: tuple = (2, 8), family_first: bool = False,
-                 sizes: str = "max_flops") -> None:
+                 sizes: str = "fill") -> None:
         lo, hi = steps
         if not 1 <= lo <= hi <= space.config.max_steps:
             raise ValueError(f"`steps` must satisfy 1 <= low <= high <= max_steps ({space.config.max_steps}), got {steps}")
@@ -65,7 +67,7 @@ class RandomSampler(Strategy):
         self._families = [act.family for act in space.table.actions]
 
     @classmethod
-    def from_space(cls, space: SearchSpace, seed: int = 0, family_first: bool = False, sizes: str = "max_flops") -> RandomSampler:
+    def from_space(cls, space: SearchSpace, seed: int = 0, family_first: bool = False, sizes: str = "fill") -> RandomSampler:
         """A sampler over the whole range the space allows: ``min_steps..max_steps`` actions, ``2..max_width`` branches."""
         cfg = space.config
         return cls(space, seed, steps=(cfg.min_steps, cfg.max_steps), widths=(min(2, cfg.max_width), cfg.max_width),

@@ -27,6 +27,7 @@ from kasrl.ir.shape import C_SLOT
 from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement
 from kasrl.solver.cpsat import SolverConfig
 from kasrl.space import FAMILIES, SearchSpace, SearchState, SpaceConfig
+from kasrl.space.space import SIZE_OBJECTIVES
 from kasrl.store.records import Status
 
 __all__ = ["KernelConstructionEnv", "MaskedDiscrete", "NODE_FEATURES"]
@@ -193,11 +194,12 @@ class KernelConstructionEnv(gym.Env):
             untouched; for agents that do not use masks).
         invalid_penalty: reward for a masked action under ``"penalize"``.
         render_mode: ``None`` or ``"ansi"`` (the kernel so far as text).
-        sizes: how the finished kernel's sizes are chosen: ``"max_flops"``
-            (default; CP-SAT uses the FLOPs budget as fully as allowed, tens of
-            milliseconds per episode) or ``"feasible"`` (the first legal sizes,
-            usually the oracle's witness without a solve; with the analytic
-            evaluator, the cheapest fidelity for quick runs).
+        sizes: how the finished kernel's sizes are chosen: ``"fill"`` (default;
+            CP-SAT fills the budget that decides speed, tens of milliseconds per
+            episode: see :meth:`SearchSpace.finish`), ``"max_flops"``,
+            ``"max_capacity"``, or ``"feasible"`` (the first legal sizes, usually
+            the oracle's witness without a solve; with the analytic evaluator, the
+            cheapest fidelity for quick runs).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -214,14 +216,14 @@ class KernelConstructionEnv(gym.Env):
         invalid_action: str = "raise",
         invalid_penalty: float = -0.1,
         render_mode: str | None = None,
-        sizes: str = "max_flops",
+        sizes: str = "fill",
     ) -> None:
         if invalid_action not in ("raise", "penalize"):
             raise KasrlError(f"`invalid_action` must be 'raise' or 'penalize', got {invalid_action!r}")
         if render_mode not in (None, "ansi"):
             raise KasrlError(f"`render_mode` must be None or 'ansi', got {render_mode!r}")
-        if sizes not in ("max_flops", "feasible"):
-            raise KasrlError(f"`sizes` must be 'max_flops' or 'feasible', got {sizes!r}")
+        if sizes not in SIZE_OBJECTIVES:
+            raise KasrlError(f"`sizes` must be one of {', '.join(SIZE_OBJECTIVES)}, got {sizes!r}")
         if space is None:
             cfg = space_config or SpaceConfig()
             if max_steps is not None:

@@ -35,7 +35,10 @@ from kasrl.space.config import Action, ActionTable, SpaceConfig
 from kasrl.space.rules import redundant_after
 from kasrl.space.state import SearchState
 
-__all__ = ["SearchSpace", "SearchState", "RESNET18_PLACEMENTS"]
+__all__ = ["SearchSpace", "SearchState", "RESNET18_PLACEMENTS", "SIZE_OBJECTIVES"]
+
+#: How the finishing step may choose sizes (see :meth:`SearchSpace.finish`).
+SIZE_OBJECTIVES = ("fill", "max_flops", "max_capacity", "feasible")
 
 _ADD = Binary(op="add")
 
@@ -405,16 +408,19 @@ class SearchSpace:
             return False
         return self.oracle.completable(state)
 
-    def finish(self, state: SearchState, objective: str = "max_flops") -> KernelGraph:
-        """Close the kernel (zero-cost folds and adds; a projection to C only when no
+    def finish(self, state: SearchState, objective: str = "fill") -> KernelGraph:
+        """Close the kernel (folds and adds; a projection to C only when no
         branch has channel size C) and solve its sizes.
 
         Args:
             state: a state where finishing is legal.
-            objective: ``"max_flops"`` (default): CP-SAT sizes that use the FLOPs
-                budget as fully as allowed; ``"feasible"``: the first legal
-                sizes — the oracle's witness when it fits the closed kernel, else a
-                CP-SAT feasibility solve (for throughput-bound sampling).
+            objective: ``"fill"`` (default): the sizes that fill the budget that
+                decides speed: ``"max_capacity"`` with a latency budget (the most
+                parameters, then FLOPs, whose predicted latency fits), else
+                ``"max_flops"`` (the FLOPs budget used as fully as allowed);
+                ``"feasible"``: the first legal sizes — the oracle's witness when it
+                fits the closed kernel, else a CP-SAT feasibility solve (for
+                throughput-bound sampling).
 
         Returns a new, finished graph with ``sizes`` set.
 
@@ -422,8 +428,7 @@ class SearchSpace:
             IllegalAction: when finishing is not allowed in this state.
             SolverInfeasible: when CP-SAT runs out of time without a solution.
         """
-        if objective not in ("max_flops", "feasible"):
-            raise ValueError(f"`objective` must be 'max_flops' or 'feasible', got {objective!r}")
+        objective = self.resolve_objective(objective)
         if not self.can_finish(state):
             raise IllegalAction(f"cannot finish yet: {state.steps} actions taken, at least {self.config.min_steps} needed")
         witness = state.witness
@@ -435,6 +440,18 @@ class SearchSpace:
             return g
         self.solver.solve(g, objective)
         return g
+
+    def resolve_objective(self, objective: str) -> str:
+        """The size objective ``objective`` names (``"fill"``: by whether latency is budgeted).
+
+        Raises:
+            ValueError: for an unknown objective.
+        """
+        if objective not in SIZE_OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {', '.join(SIZE_OBJECTIVES)}, got {objective!r}")
+        if objective == "fill":
+            return "max_capacity" if self.oracle.latency is not None else "max_flops"
+        return objective
 
     def _fold(self, g: KernelGraph, i: int, slot: int) -> None:
         g.apply(Fold(slot=SLOTS[slot], mode="mean"), (i,), closing=True)

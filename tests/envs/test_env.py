@@ -140,7 +140,7 @@ def test_first_legal_sizes_finish_every_episode_and_bad_options_are_named():
         while not done:
             _, reward, done, _, info = env.step(env.action_space.sample())
         assert info["status"] == "ok" and info["kernel"]["sizes"] is not None and np.isfinite(reward)
-    with pytest.raises(Exception, match="`sizes` must be 'max_flops' or 'feasible'"):
+    with pytest.raises(Exception, match="`sizes` must be one of fill, max_flops, max_capacity, feasible"):
         gym.make(envs.ENV_ID, sizes="fast")
 
 
