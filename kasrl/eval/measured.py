@@ -60,7 +60,8 @@ class MeasuredEvaluator(Evaluator):
         store: results store (where the baseline network's accuracy is cached).
         isolation: ``"process"`` (a child process per worker, crash-isolated,
             with per-stage time limits) or ``"inline"`` (this process; for
-            debugging and tests).
+            debugging and tests). Subclasses that run the stages elsewhere name
+            their own (``isolations``).
         run_id, strategy: written into every record.
         memory_limit: address-space cap of the worker process in bytes.
         skip: stages to leave out (e.g. ``("accuracy",)``).
@@ -68,11 +69,13 @@ class MeasuredEvaluator(Evaluator):
     """
 
     fidelity = "measured"
+    #: the ``isolation`` values this class runs
+    isolations: tuple = ("process", "inline")
 
     def __init__(self, task: Task | str, store: ResultStore | None = None, isolation: str = "process", run_id: str = "adhoc",
                  strategy: str = "adhoc", memory_limit: int | None = 8 << 30, skip: Sequence[str] = (), device: str | None = None) -> None:
-        if isolation not in ("process", "inline"):
-            raise ValueError(f"`isolation` must be 'process' or 'inline', got {isolation!r}")
+        if isolation not in self.isolations:
+            raise ValueError(f"`isolation` must be {' or '.join(map(repr, self.isolations))}, got {isolation!r}")
         self.task = load_task(task) if isinstance(task, str) else task
         self.task_fingerprint = self.task.fingerprint + (f":skip={','.join(sorted(skip))}" if skip else "")
         self.store = store

@@ -206,6 +206,8 @@ class RayEvaluator(MeasuredEvaluator):
         poll_s: how often the driver asks a busy actor which stage it is in.
     """
 
+    isolations = ("ray",)
+
     def __init__(
         self,
         task: Task | str,
@@ -231,8 +233,7 @@ class RayEvaluator(MeasuredEvaluator):
             from kasrl.store.sqlite import SQLiteStore
 
             store = SQLiteStore(store_path)
-        super().__init__(task, store, isolation="inline", run_id=run_id, strategy=strategy, memory_limit=memory_limit, skip=skip)
-        self.isolation = "ray"
+        super().__init__(task, store, isolation="ray", run_id=run_id, strategy=strategy, memory_limit=memory_limit, skip=skip)
         self.supervisor = Supervisor(stage_limits(self.task.timeouts), "Ray actor")
         self.address = address
         self.num_cpus = num_cpus

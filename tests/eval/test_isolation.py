@@ -234,3 +234,19 @@ def test_a_kernel_that_cannot_be_loaded_is_a_build_error():
     out = run_job(None, "eval", {"planted": "tests.eval.no_such_module:Kernel"})
     assert out.status == Status.BUILD_ERROR and out.cause.startswith("load: ModuleNotFoundError: ")
 
+
+def test_the_measured_evaluator_refuses_an_isolation_it_does_not_run():
+    with pytest.raises(ValueError, match="`isolation` must be 'process' or 'inline', got 'ray'"):
+        MeasuredEvaluator(load_task("digits_cnn"), isolation="ray")
+
+
+def test_a_subclass_names_the_isolation_it_runs_and_is_initialised_once():
+    from kasrl.eval.ray_executor import RayEvaluator  # imports no Ray
+
+    class Elsewhere(MeasuredEvaluator):
+        isolations = ("elsewhere",)
+
+    assert Elsewhere(load_task("digits_cnn"), isolation="elsewhere").isolation == "elsewhere"
+    with pytest.raises(ValueError, match="`isolation` must be 'elsewhere', got 'process'"):
+        Elsewhere(load_task("digits_cnn"))
+    assert RayEvaluator.isolations == ("ray",)
