@@ -14,6 +14,8 @@ import time
 from typing import Sequence
 
 from kasrl.eval.base import EvalResult, Evaluator, failure
+from kasrl.eval.isolation import stage_limits
+from kasrl.eval.outcome import StageOutcome
 from kasrl.eval.stages import Evaluable, GraphKernel
 from kasrl.ir.graph import KernelGraph
 from kasrl.store.base import ResultStore
@@ -58,7 +60,8 @@ class MeasuredEvaluator(Evaluator):
         store: results store (where the baseline network's accuracy is cached).
         isolation: ``"process"`` (a child process per worker, crash-isolated,
             with per-stage time limits) or ``"inline"`` (this process; for
-            debugging and tests).
+            debugging and tests). Subclasses that run the stages elsewhere name
+            their own (``isolations``).
         run_id, strategy: written into every record.
         memory_limit: address-space cap of the worker process in bytes.
         skip: stages to leave out (e.g. ``("accuracy",)``).
@@ -66,11 +69,13 @@ class MeasuredEvaluator(Evaluator):
     """
 
     fidelity = "measured"
+    #: the ``isolation`` values this class runs
+    isolations: tuple = ("process", "inline")
 
     def __init__(self, task: Task | str, store: ResultStore | None = None, isolation: str = "process", run_id: str = "adhoc",
                  strategy: str = "adhoc", memory_limit: int | None = 8 << 30, skip: Sequence[str] = (), device: str | None = None) -> None:
-        if isolation not in ("process", "inline"):
-            raise ValueError(f"`isolation` must be 'process' or 'inline', got {isolation!r}")
+        if isolation not in self.isolations:
+            raise ValueError(f"`isolation` must be {' or '.join(map(repr, self.isolations))}, got {isolation!r}")
         self.task = load_task(task) if isinstance(task, str) else task
         self.task_fingerprint = self.task.fingerprint + (f":skip={','.join(sorted(skip))}" if skip else "")
         self.store = store
@@ -87,12 +92,6 @@ class MeasuredEvaluator(Evaluator):
         self.device = device
 
     # -- machinery --------------------------------------------------------------------
-    def _limits(self) -> dict:
-        t = self.task.timeouts
-        # timing_queue: waiting for neighbours' timing, at most a few of their latency stages
-        return {"build": t.build_s, "budget": t.build_s, "timing_queue": 10 * t.latency_s, "latency": t.latency_s,
-                "accuracy": t.train_s, "baseline": t.train_s}
-
     @property
     def runtime(self):
         """The task loaded in this process (inline mode, and for placements)."""
@@ -102,7 +101,8 @@ class MeasuredEvaluator(Evaluator):
             self._runtime = TaskRuntime(self.task)
         return self._runtime
 
-    def _run(self, kind: str, payload) -> dict:
+    def _run(self, kind: str, payload) -> StageOutcome:
+        """Run one job (``"baseline"``, or ``"eval"`` on ``payload``'s kernel) where this evaluator runs its stages."""
         if self.isolation == "inline":
             from kasrl.eval.stages import run_baseline, run_stages
 
@@ -113,7 +113,7 @@ class MeasuredEvaluator(Evaluator):
         if self._worker is None:
             from kasrl.eval.worker import IsolatedWorker
 
-            self._worker = IsolatedWorker(self.task.to_dict(), self._limits(), self.memory_limit, device=self.device)
+            self._worker = IsolatedWorker(self.task.to_dict(), stage_limits(self.task.timeouts), self.memory_limit, device=self.device)
         if kind == "eval":
             payload = {k: v for k, v in payload.items() if k != "kernel"}
             payload["skip"] = list(self.skip)
@@ -143,11 +143,12 @@ class MeasuredEvaluator(Evaluator):
                 return self._baseline
         start = time.time()
         out = self._run("baseline", None)
-        if "accuracy" not in out:
-            raise RuntimeError(f"training the baseline network failed: {out.get('cause', out)}")
-        self._baseline = out
+        if not out.status.is_ok() or "accuracy" not in out.metrics:
+            raise RuntimeError(f"training the baseline network failed: {out.cause or out.to_dict()}")
+        self._baseline = dict(out.metrics)
         if self.store is not None:
-            self.store.append(EvalRecord(self.task.fingerprint, BASELINE, '{"baseline": "the unmodified network"}', Status.OK, 0.0, out,
+            self.store.append(EvalRecord(self.task.fingerprint, BASELINE, '{"baseline": "the unmodified network"}', Status.OK, 0.0,
+                                         dict(out.metrics),
                                          {"accuracy": {"outcome": "ok", "seconds": time.time() - start}}, {}, self.run_id,
                                          BASELINE, self.fidelity))
         return self._baseline
@@ -160,15 +161,16 @@ class MeasuredEvaluator(Evaluator):
         payload = {"kernel": ev, "doc": ev.doc} if not getattr(ev, "planted", None) else {"kernel": ev, "planted": ev.planted}
         return self._result(self._run("eval", payload), ev.hash, baseline_acc)
 
-    def _result(self, raw: dict, kernel_hash: str, baseline_acc: float) -> EvalResult:
-        status = Status.from_name(raw["status"])
-        metrics = {k: v for k, v in raw.get("metrics", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if "pruned" in raw.get("metrics", {}):
+    def _result(self, raw: StageOutcome, kernel_hash: str, baseline_acc: float) -> EvalResult:
+        """The result strategies see: ``raw`` with its reward (a penalty on failure)."""
+        status = raw.status
+        metrics = {k: v for k, v in raw.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "pruned" in raw.metrics:
             metrics["pruned"] = 1.0
-        stages = raw.get("stages", {})
-        device = raw.get("device", {})
+        stages = raw.stages
+        device = raw.device
         if not status.is_ok():
-            return failure(status, raw.get("cause", ""), self.penalties, metrics=metrics, stages=stages,
+            return failure(status, raw.cause, self.penalties, metrics=metrics, stages=stages,
                            kernel_hash=kernel_hash, fidelity=self.fidelity, device=device)
         if "accuracy" in metrics:
             metrics["baseline_accuracy"] = baseline_acc

@@ -8,13 +8,16 @@ stay in the driver, in the code :class:`MeasuredEvaluator` already has.
 * one actor per worker, each with the task loaded once (data, networks,
   placements) and ``num_cpus`` / ``num_gpus`` reserved for it: ``num_gpus=1``
   gives every evaluation a GPU of its own on a GPU cluster;
-* kernels travel as their JSON documents; results come back as plain dicts
-  (:func:`kasrl.eval.stages.run_stages`) and become :class:`EvalResult` here;
+* kernels travel as their JSON documents; outcomes come back as plain dicts
+  (:meth:`kasrl.eval.outcome.StageOutcome.to_dict`), are checked, and become
+  :class:`EvalResult` here;
 * an actor that dies (segfault, OOM kill) is restarted by Ray (``max_restarts``)
   and its kernel is recorded as ``crash`` (``oom`` when Ray's memory monitor
   killed it); an actor that runs past its stage's time limit (the task's
   ``timeouts``, plus a few seconds' grace) is killed, restarted, and its kernel
   is recorded as ``timeout``. The batch goes on on the other actors meanwhile.
+  These rules are the local worker's (:mod:`kasrl.eval.isolation`); here the
+  driver learns an actor's stage by asking it (``progress``).
   Without GPUs an actor's private memory is capped (``memory_limit``, as
   ``RLIMIT_DATA``): a runaway allocation fails inside the stage and is ``oom``;
 * actors on one node share the machine-wide timing lock of
@@ -48,7 +51,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kasrl.eval.isolation import Death, StageClock, Supervisor, first_line, stage_limits
 from kasrl.eval.measured import MeasuredEvaluator
+from kasrl.eval.outcome import StageOutcome
 from kasrl.eval.stages import Evaluable, GraphKernel
 from kasrl.eval.worker import WorkerError
 from kasrl.ir.graph import KernelGraph
@@ -59,8 +64,6 @@ __all__ = ["RayEvaluator", "RAY_ENV", "loopback_only", "netns_command", "netns_p
 #: Set before Ray starts: no usage statistics, no metrics exporter.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0"}
 
-_SLACK_S = 5.0  # grace beyond a stage's own limit before the actor is killed
-_FIRST_STAGE_S = 60.0  # allowed before an evaluation reports its first stage
 _RETRY_S = 0.5  # pause between "are you back?" calls to a restarting actor
 
 
@@ -139,25 +142,14 @@ class _StageActor:
         return token, stage, time.monotonic() - start
 
     def run(self, token: int, kind: str, payload: dict | None) -> dict:
-        """Run the stages on one kernel (``kind="eval"``) or train the baseline."""
-        from kasrl.eval.stages import classify, kernel_from_payload, run_baseline, run_stages
+        """Run the stages on one kernel (``kind="eval"``) or train the baseline; a ``StageOutcome.to_dict()``."""
+        from kasrl.eval.stages import run_job
 
         def report(stage: str) -> None:
             self._now = (token, stage, time.monotonic())
 
         try:
-            if kind == "baseline":
-                report("baseline")
-                try:
-                    return run_baseline(self.rt)
-                except Exception as e:  # noqa: BLE001 - the driver raises with this cause
-                    status, cause = classify("baseline", e)
-                    return {"status": status, "cause": cause, "metrics": {}, "stages": {}}
-            try:
-                kernel = kernel_from_payload(payload)
-            except Exception as e:  # noqa: BLE001
-                return {"status": "build_error", "cause": f"load: {type(e).__name__}: {e}", "metrics": {}, "stages": {}}
-            return run_stages(self.rt, kernel, report=report, skip=self.skip)
+            return run_job(self.rt, kind, payload, report=report, skip=self.skip).to_dict()
         finally:
             self._now = (None, "", 0.0)
 
@@ -173,9 +165,7 @@ class _Slot:
     ref: Any = None  # the job's ObjectRef
     probe: Any = None  # a pending progress() call
     last_probe: float = 0.0
-    stage: str = ""
-    stage_start: float = 0.0
-    deadline: float = math.inf
+    clock: StageClock | None = None  # the job's stage and deadline
     ready: Any = None  # a pending ready() call while the actor (re)starts
     ready_since: float = 0.0
     retry_at: float = 0.0  # when to ask a restarting actor again
@@ -216,6 +206,8 @@ class RayEvaluator(MeasuredEvaluator):
         poll_s: how often the driver asks a busy actor which stage it is in.
     """
 
+    isolations = ("ray",)
+
     def __init__(
         self,
         task: Task | str,
@@ -241,14 +233,13 @@ class RayEvaluator(MeasuredEvaluator):
             from kasrl.store.sqlite import SQLiteStore
 
             store = SQLiteStore(store_path)
-        super().__init__(task, store, isolation="inline", run_id=run_id, strategy=strategy, memory_limit=memory_limit, skip=skip)
-        self.isolation = "ray"
+        super().__init__(task, store, isolation="ray", run_id=run_id, strategy=strategy, memory_limit=memory_limit, skip=skip)
+        self.supervisor = Supervisor(stage_limits(self.task.timeouts), "Ray actor")
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.start_timeout = start_timeout
         self.poll_s = poll_s
-        self.restarts = 0
         self.devices: list = []
         self._own_store = store
         self._slots: list = []
@@ -264,6 +255,11 @@ class RayEvaluator(MeasuredEvaluator):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def restarts(self) -> int:
+        """How many times an actor was killed or found dead (and so restarted)."""
+        return self.supervisor.restarts
 
     # -- actors ---------------------------------------------------------------------------------
     def _new_actor(self):
@@ -294,14 +290,15 @@ class RayEvaluator(MeasuredEvaluator):
                 f"{self.num_cpus} CPUs and {self.num_gpus} GPUs, and the cluster has {ray.cluster_resources()}"
             ) from None
         except RayActorError as e:
-            raise WorkerError(f"a Ray actor died while loading the task: {_first_line(e)}") from None
+            raise WorkerError(f"a Ray actor died while loading the task: {first_line(e)}") from None
         for info in infos:
             if "fatal" in info:
                 raise WorkerError(f"the Ray actor cannot load the task: {info['fatal']}")
         return infos
 
     # -- MeasuredEvaluator's hook: the stages run remotely ----------------------------------------
-    def _run(self, kind: str, payload) -> dict:
+    def _run(self, kind: str, payload) -> StageOutcome:
+        """Run one job on an actor."""
         return self._dispatch([(kind, _wire(payload))])[0]
 
     def evaluate_many(self, kernels: Sequence[KernelGraph | Evaluable]) -> list:
@@ -315,7 +312,7 @@ class RayEvaluator(MeasuredEvaluator):
         return [self._result(raw, ev.hash, baseline_acc) for raw, ev in zip(raws, evs, strict=True)]
 
     def _dispatch(self, jobs: list) -> list:
-        """Run ``[(kind, payload), ...]`` on the actors; raw result dicts in order."""
+        """Run ``[(kind, payload), ...]`` on the actors; their outcomes in order."""
         import ray
 
         with self._lock:
@@ -354,8 +351,8 @@ class RayEvaluator(MeasuredEvaluator):
         kind, payload = jobs[job]
         self._tokens += 1
         now = time.monotonic()
-        s.token, s.job, s.stage, s.stage_start = self._tokens, job, kind, now  # until the actor names its stage
-        s.deadline = now + _FIRST_STAGE_S + _SLACK_S
+        s.token, s.job = self._tokens, job
+        s.clock = self.supervisor.start(kind)  # named by the job's kind until the actor names its stage
         s.ref = s.actor.run.remote(s.token, kind, payload)
         s.probe, s.last_probe = None, now
 
@@ -367,10 +364,8 @@ class RayEvaluator(MeasuredEvaluator):
             token, stage, elapsed = ray.get(ref)
         except Exception:  # noqa: BLE001 - a probe is advisory; the job's own ref tells what happened
             return
-        if token == s.token and stage and s.job is not None:
-            if stage != s.stage:
-                s.stage, s.stage_start = stage, time.monotonic() - elapsed
-            s.deadline = s.stage_start + self._limits().get(stage, 600.0) + _SLACK_S
+        if token == s.token and s.job is not None:
+            s.clock.sampled(stage, elapsed)
 
     def _on_ready(self, s: _Slot, ref, results: list) -> None:
         """A (re)starting actor answered, or said it is not back yet."""
@@ -398,19 +393,18 @@ class RayEvaluator(MeasuredEvaluator):
         import ray
         from ray.exceptions import RayActorError
 
-        job, stage = s.job, s.stage
-        s.job = s.probe = None
+        job, clock = s.job, s.clock
+        s.job = s.probe = s.clock = None
         try:
-            results[job] = ray.get(ref)
+            results[job] = clock.received(ray.get(ref))
         except RayActorError as e:  # the actor's process died: Ray restarts it
-            results[job] = _died(stage, e)
+            results[job] = clock.died(Death.from_ray_error(e))
             self._restarting(s)
         except Exception as e:  # noqa: BLE001 - the call itself raised (the actor lives on)
-            results[job] = {"status": "crash", "cause": f"{stage}: {_first_line(e)}", "metrics": {}, "stages": {}}
+            results[job] = clock.raised(e)
 
     def _restarting(self, s: _Slot) -> None:
         """Wait for ``s``'s actor to come back (with a new process) before giving it work."""
-        self.restarts += 1
         s.stale_pid, s.pid = s.pid, 0
         s.ready, s.retry_at, s.ready_since = None, time.monotonic() + _RETRY_S, time.monotonic()
 
@@ -420,16 +414,10 @@ class RayEvaluator(MeasuredEvaluator):
 
         now = time.monotonic()
         for s in self._slots:
-            if s.job is not None and now > s.deadline:
-                limit = self._limits().get(s.stage, _FIRST_STAGE_S)
-                results[s.job] = {
-                    "status": "timeout",
-                    "cause": f"{s.stage}: ran past its limit of {limit:.0f} s; the Ray actor was killed",
-                    "metrics": {},
-                    "stages": {s.stage: {"outcome": "timeout", "seconds": float(limit)}},
-                }
+            if s.job is not None and s.clock.expired():
+                results[s.job] = s.clock.timed_out()
                 ray.kill(s.actor, no_restart=False)
-                s.job = s.ref = s.probe = None
+                s.job = s.ref = s.probe = s.clock = None
                 self._restarting(s)
             elif s.job is not None and s.probe is None and now - s.last_probe >= self.poll_s:
                 s.probe, s.last_probe = s.actor.progress.remote(), now
@@ -492,18 +480,3 @@ def _wire(payload) -> dict | None:
     if payload is None:
         return None
     return {k: v for k, v in payload.items() if k in ("doc", "planted")}
-
-
-def _died(stage: str, e: BaseException) -> dict:
-    """The result of an evaluation whose actor died under it."""
-    from ray.exceptions import OutOfMemoryError
-
-    text = str(e)
-    if isinstance(e, OutOfMemoryError) or "low on memory" in text or "memory monitor" in text:
-        return {"status": "oom", "cause": f"{stage}: Ray killed the actor for lack of memory", "metrics": {}, "stages": {}}
-    return {"status": "crash", "cause": f"{stage}: the Ray actor died ({type(e).__name__})", "metrics": {}, "stages": {}}
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"

@@ -10,9 +10,9 @@
 4. ``accuracy`` train the network with the kernel in every placeholder on the
                 task's recipe and test it; stop early on NaN or a loss milestone.
 
-:func:`run_stages` returns a plain dict (it crosses process boundaries):
-``{"status": label, "cause": str, "metrics": {...}, "stages": {...}}``. The
-reward is computed by the caller, which knows the baseline's accuracy.
+:func:`run_stages` returns a :class:`~kasrl.eval.outcome.StageOutcome` (it
+crosses process boundaries as ``to_dict()``). The reward is computed by the
+caller, which knows the baseline's accuracy.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ import torch.nn as nn
 
 from kasrl.eval.latency import conv3x3, device_fingerprint, time_pair
 from kasrl.eval.locks import ComputeSlots, timing_lock
+from kasrl.eval.outcome import StageOutcome
 from kasrl.eval.runtime import NumericsError, StageTimeout, TaskRuntime, train_and_test
 from kasrl.solver.budget import Placement, conv3x3_flops, conv3x3_params
+from kasrl.store.records import Status
 from kasrl.tasks import LatencySpec
 
-__all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "timing_lock", "classify", "STAGES", "TIMING_QUEUE"]
+__all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "run_job", "timing_lock", "classify", "STAGES", "TIMING_QUEUE"]
 
 STAGES = ("build", "budget", "latency", "accuracy")
 
@@ -84,20 +86,21 @@ def kernel_from_payload(payload: dict) -> Evaluable:
     return GraphKernel(payload["doc"])
 
 
-def classify(stage: str, exc: BaseException) -> tuple:
-    """``(status label, cause)`` for an exception raised in ``stage``."""
+def classify(stage: str, exc: BaseException) -> tuple[Status, str]:
+    """``(status, cause)`` for an exception raised in ``stage``."""
     text = f"{type(exc).__name__}: {exc}".strip()
     first = text.splitlines()[0][:300]
     if isinstance(exc, StageTimeout):
-        return "timeout", f"{stage}: {first}"
+        return Status.TIMEOUT, f"{stage}: {first}"
     if isinstance(exc, NumericsError):
-        return "numerics_error", f"{stage}: {first}"
+        return Status.NUMERICS_ERROR, f"{stage}: {first}"
     low = text.lower()
-    if isinstance(exc, MemoryError) or "out of memory" in low or "can't allocate" in low or "cannot allocate" in low or "alloc" in low and "memory" in low:
-        return "oom", f"{stage}: {first}"
+    if isinstance(exc, MemoryError) or "out of memory" in low or "can't allocate" in low or "cannot allocate" in low or (
+            "alloc" in low and "memory" in low):
+        return Status.OOM, f"{stage}: {first}"
     if stage == "build":
-        return "build_error", f"{stage}: {first}"
-    return "crash", f"{stage}: {first}"
+        return Status.BUILD_ERROR, f"{stage}: {first}"
+    return Status.CRASH, f"{stage}: {first}"
 
 
 def _finite(t: torch.Tensor | None) -> bool:
@@ -198,8 +201,8 @@ def _stage_accuracy(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
         metrics["pruned"] = out.pruned
 
 
-def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None = None, skip: tuple = ()) -> dict:
-    """Run the stages in order, stopping at the first failure.
+def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None = None, skip: tuple = ()) -> StageOutcome:
+    """Run the stages in order, stopping at the first failure (never raises for a bad kernel).
 
     Args:
         rt: the loaded task.
@@ -222,21 +225,53 @@ def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None]
             elif name == "budget":
                 problem = _stage_budget(rt, kernel, metrics)
                 if problem:
-                    stages[name] = {"outcome": "budget_violation", "seconds": time.perf_counter() - start}
-                    return {"status": "budget_violation", "cause": problem, "metrics": metrics, "stages": stages}
+                    return StageOutcome.failure(Status.BUDGET_VIOLATION, problem, stage=name, seconds=time.perf_counter() - start,
+                                                metrics=metrics, stages=stages)
             elif name == "latency":
                 _stage_latency(rt, kernel, metrics, report)
             else:
                 _stage_accuracy(rt, kernel, metrics)
         except Exception as e:  # noqa: BLE001 - every failure becomes a typed outcome
             status, cause = classify(name, e)
-            stages[name] = {"outcome": status, "seconds": time.perf_counter() - start}
-            return {"status": status, "cause": cause, "metrics": metrics, "stages": stages}
+            return StageOutcome.failure(status, cause, stage=name, seconds=time.perf_counter() - start, metrics=metrics, stages=stages)
         stages[name] = {"outcome": "ok", "seconds": time.perf_counter() - start}
-    return {"status": "ok", "cause": "", "metrics": metrics, "stages": stages, "device": device_fingerprint(str(rt.device))}
+    return StageOutcome(Status.OK, "", metrics, stages, device_fingerprint(str(rt.device)))
 
 
-def run_baseline(rt: TaskRuntime) -> dict:
-    """Accuracy of the unmodified network on the task's recipe (computed once per task)."""
-    out = train_and_test(rt, rt.network(None), rt.task.timeouts.train_s)
-    return {"accuracy": out.accuracy, "train_seconds": out.seconds, "train_loss": out.final_loss}
+def run_baseline(rt: TaskRuntime) -> StageOutcome:
+    """Accuracy of the unmodified network on the task's recipe (computed once per task).
+
+    Its metrics are ``accuracy``, ``train_seconds`` and ``train_loss``; a failure
+    to train is an outcome with the cause, not an exception.
+    """
+    start = time.perf_counter()
+    try:
+        out = train_and_test(rt, rt.network(None), rt.task.timeouts.train_s)
+    except Exception as e:  # noqa: BLE001 - the evaluator raises with this cause
+        status, cause = classify("baseline", e)
+        return StageOutcome.failure(status, cause)
+    metrics = {"accuracy": out.accuracy, "train_seconds": out.seconds, "train_loss": out.final_loss}
+    return StageOutcome(Status.OK, "", metrics, {"baseline": {"outcome": "ok", "seconds": time.perf_counter() - start}})
+
+
+def run_job(rt: TaskRuntime, kind: str, payload: dict | None, report: Callable[[str], None] | None = None,
+            skip: tuple = ()) -> StageOutcome:
+    """One job of an isolated worker (a child process or a Ray actor).
+
+    Args:
+        rt: the task, loaded in the worker.
+        kind: ``"baseline"`` (train the unmodified network) or ``"eval"`` (run the
+            stages on the kernel ``payload`` names; see :func:`kernel_from_payload`).
+        payload: the kernel, for ``"eval"``.
+        report: called with a stage's name when it starts.
+        skip: stages not to run.
+    """
+    if kind == "baseline":
+        if report is not None:
+            report("baseline")
+        return run_baseline(rt)
+    try:
+        kernel = kernel_from_payload(payload)
+    except Exception as e:  # noqa: BLE001 - a kernel that cannot be loaded is the kernel's failure
+        return StageOutcome.failure(Status.BUILD_ERROR, f"load: {type(e).__name__}: {e}")
+    return run_stages(rt, kernel, report=report, skip=skip)

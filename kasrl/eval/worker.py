@@ -13,8 +13,11 @@ Protocol (over a ``multiprocessing`` pipe, spawn start method)::
                       ("stop", None)
     child -> parent   ("ready", None) once the task is loaded
                       ("stage", name)        when a stage starts (its time limit starts then)
-                      ("result", dict)       see kasrl.eval.stages.run_stages
+                      ("result", dict)       a StageOutcome.to_dict() (kasrl.eval.outcome)
                       ("fatal", message)     the task itself cannot be loaded
+
+The parent only moves these messages and kills or restarts the child; the time
+limits, and what a timeout or a death becomes, are :mod:`kasrl.eval.isolation`'s.
 """
 
 from __future__ import annotations
@@ -22,17 +25,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import resource
-import signal
 import threading
-import time
 
 from kasrl.errors import KasrlError
+from kasrl.eval.isolation import Death, Supervisor
 from kasrl.eval.latency import MALLOC_ENV
+from kasrl.eval.outcome import StageOutcome
 
 __all__ = ["IsolatedWorker", "WorkerError"]
 
-_SLACK_S = 5.0  # grace beyond a stage's own limit before the child is killed
-_FIRST_STAGE_S = 60.0  # allowed before the child names its first stage
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: pool threads start children one at a time
 
 
@@ -52,7 +53,7 @@ def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, d
     if threads:
         torch.set_num_threads(threads)
     from kasrl.eval.runtime import TaskRuntime
-    from kasrl.eval.stages import classify, kernel_from_payload, run_baseline, run_stages
+    from kasrl.eval.stages import run_job
 
     try:
         rt = TaskRuntime(task_ref)
@@ -69,21 +70,9 @@ def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, d
             return
         if kind == "stop":
             return
-        if kind == "baseline":
-            conn.send(("stage", "baseline"))
-            try:
-                conn.send(("result", run_baseline(rt)))
-            except Exception as e:  # noqa: BLE001 - the parent gets the cause, not "exited with code 1"
-                status, cause = classify("baseline", e)
-                conn.send(("result", {"status": status, "cause": cause, "metrics": {}, "stages": {}}))
-            continue
-        try:
-            kernel = kernel_from_payload(payload)
-        except Exception as e:  # noqa: BLE001
-            conn.send(("result", {"status": "build_error", "cause": f"load: {type(e).__name__}: {e}", "metrics": {}, "stages": {}}))
-            continue
-        result = run_stages(rt, kernel, report=lambda s: conn.send(("stage", s)), skip=tuple(payload.get("skip", ())))
-        conn.send(("result", result))
+        skip = tuple(payload.get("skip", ())) if isinstance(payload, dict) else ()
+        outcome = run_job(rt, kind, payload, report=lambda s: conn.send(("stage", s)), skip=skip)
+        conn.send(("result", outcome.to_dict()))
 
 
 class IsolatedWorker:
@@ -92,8 +81,9 @@ class IsolatedWorker:
     Args:
         task_ref: task name, YAML path or plain dict (``Task.to_dict()``).
         limits: stage name -> seconds (``build``, ``budget``, ``latency``,
-            ``accuracy``, ``baseline``); the child is killed when a stage runs past
-            its limit plus a few seconds of grace.
+            ``accuracy``, ``baseline``; see :func:`kasrl.eval.isolation.stage_limits`);
+            the child is killed when a stage runs past its limit plus a few
+            seconds of grace.
         memory_limit: cap on the child's address space in bytes (None: no cap).
         threads: torch threads in the child.
         device: override the task's device (e.g. ``"cuda:1"`` to pin a GPU).
@@ -110,7 +100,12 @@ class IsolatedWorker:
         self.start_timeout = start_timeout
         self.proc = None
         self.conn = None
-        self.restarts = 0
+        self.supervisor = Supervisor(self.limits, "worker")
+
+    @property
+    def restarts(self) -> int:
+        """How many times the child was killed or found dead (and so replaced)."""
+        return self.supervisor.restarts
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -165,46 +160,36 @@ class IsolatedWorker:
                 pass
         self.kill()
 
-    def _dead(self, stage: str) -> dict:
+    def _death(self) -> Death:
+        """How the child died (it is gone after this; the next request starts a new one)."""
         if self.proc is not None:
             self.proc.join(5)  # reap it, so its exit code (the signal) is known
         code = self.proc.exitcode if self.proc is not None else None
         self.kill()
-        self.restarts += 1
-        if code is not None and code < 0:
-            sig = signal.Signals(-code).name
-            if -code == signal.SIGKILL:  # we only kill on timeouts, handled elsewhere: the OOM killer did this
-                return {"status": "oom", "cause": f"{stage}: the worker was killed by {sig} (out of memory)", "metrics": {}, "stages": {}}
-            return {"status": "crash", "cause": f"{stage}: the worker died with {sig}", "metrics": {}, "stages": {}}
-        return {"status": "crash", "cause": f"{stage}: the worker exited with code {code}", "metrics": {}, "stages": {}}
+        return Death.from_exit_code(code, "worker")
 
-    def request(self, kind: str, payload) -> dict:
-        """Send one job and wait for its result, enforcing per-stage limits."""
+    def request(self, kind: str, payload) -> StageOutcome:
+        """Send one job and wait for its outcome, enforcing per-stage limits."""
         if self.proc is None or not self.proc.is_alive():
             self._start()
         try:
             self.conn.send((kind, payload))
         except (OSError, BrokenPipeError):
-            return self._dead("send")
-        stage = "start"
-        deadline = time.monotonic() + _FIRST_STAGE_S + _SLACK_S
+            return self.supervisor.send_failed(self._death())
+        clock = self.supervisor.start()
         while True:
-            left = deadline - time.monotonic()
             try:
-                ready = self.conn.poll(max(left, 0))
+                ready = self.conn.poll(clock.left())
             except (OSError, EOFError):
-                return self._dead(stage)
+                return clock.died(self._death())
             if not ready:
-                limit = _FIRST_STAGE_S if stage == "start" else self.limits.get(stage, 600.0)
                 self.kill()
-                self.restarts += 1
-                return {"status": "timeout", "cause": f"{stage}: ran past its limit of {limit:.0f} s; the worker was killed", "metrics": {}, "stages": {stage: {"outcome": "timeout", "seconds": float(limit)}}}
+                return clock.timed_out()
             try:
                 msg_kind, msg = self.conn.recv()
             except (EOFError, OSError):
-                return self._dead(stage)
+                return clock.died(self._death())
             if msg_kind == "stage":
-                stage = msg
-                deadline = time.monotonic() + self.limits.get(stage, 600.0) + _SLACK_S
+                clock.enter(msg)
             elif msg_kind == "result":
-                return msg
+                return clock.received(msg)
