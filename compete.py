@@ -24,81 +24,74 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from agents.ppo import PPOConfig, PPOOptions, search as ppo_search
-from agents.random_sampler import RandomSampler
-from evolution.algorithms import ALGORITHMS, EvolutionOptions, EvolveConfig, run_evolution
 from kasrl.errors import ConfigError, KasrlError
 from kasrl.experiment.cli import fail, parse_cli
 from kasrl.experiment.config import CONFIGS_DIR, RunConfig, to_dict
-from kasrl.experiment.drive import drive
 from kasrl.experiment.report import markdown_table, write_report
-from kasrl.experiment.run import Run
-
-STRATEGIES = ("random", "ppo", *ALGORITHMS)
+from kasrl.strategy import strategy_spec
 
 
 @dataclass
 class CompeteConfig(RunConfig):
-    """A competition: every strategy x seed on the same task and budget."""
+    """A competition: every strategy x seed on the same task and budget.
 
-    strategies: list = field(default_factory=lambda: list(STRATEGIES))
-    """Strategies to run: random, ppo, aging, nsga2, mu_plus_lambda."""
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    ``strategy`` and ``options`` of a single run are unused: ``strategies`` names
+    the contenders and ``strategy_options`` holds each one's options by name.
+    """
+
+    strategies: list[str] = field(default_factory=lambda: ["random_prior", "ppo", "aging", "nsga2", "mu_plus_lambda", "mcts"])
+    """Strategies to run (names from kasrl/configs/strategies/)."""
+    strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Options per strategy name, over each one's registry file."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds per strategy (at least 2 for the rank test)."""
     name: str = ""
     """Competition folder name under `out` (default compete__<task>__<unix time>)."""
-    ppo: PPOOptions = field(default_factory=PPOOptions)
-    """PPO settings."""
-    evolution: EvolutionOptions = field(default_factory=EvolutionOptions)
-    """DEAP settings."""
 
     def validate(self) -> None:
         super().validate()
-        for s in self.strategies:
-            if s not in STRATEGIES:
-                raise ConfigError(f"`strategies`: unknown strategy {s!r}; known: {', '.join(STRATEGIES)}")
         if not self.strategies or not self.seeds:
             raise ConfigError("`strategies` and `seeds` must not be empty")
+        for s in self.strategies:
+            try:
+                strategy_spec(s)
+            except ConfigError as e:
+                raise ConfigError(f"`strategies`: {e}") from None
+        for s in self.strategy_options:  # options of a strategy not run are kept (a config shared by several runs)
+            try:
+                strategy_spec(s)
+            except ConfigError as e:
+                raise ConfigError(f"`strategy_options.{s}`: {e}") from None
 
 
-def _common(cfg: CompeteConfig, seed: int, out: Path, group: str) -> dict:
+def _common(cfg: CompeteConfig, seed: int, out: Path, group: str, strategy: str) -> dict:
     base = {f: getattr(cfg, f) for f in RunConfig.__dataclass_fields__}
-    base.update(seed=seed, out=str(out), wandb=replace(cfg.wandb, group=group))
+    base.update(seed=seed, out=str(out), wandb=replace(cfg.wandb, group=group), strategy=strategy,
+                options=dict(cfg.strategy_options.get(strategy, {})))
     return base
 
 
 def run_one(cfg: CompeteConfig, strategy: str, seed: int, out: Path, group: str, tracker: bool) -> dict:
     """Run one strategy x seed to its budget; returns the run's summary."""
-    common = _common(cfg, seed, out, group)
-    if strategy == "random":
-        run_cfg = RunConfig(**common)
-    elif strategy == "ppo":
-        run_cfg = PPOConfig(**common, ppo=cfg.ppo)
-    else:
-        run_cfg = EvolveConfig(**common, algorithm=strategy, evolution=cfg.evolution)
-    run = Run(run_cfg, strategy, tracker=tracker)
+    from kasrl.study import Study
+
+    study = Study(RunConfig(**_common(cfg, seed, out, group, strategy)), tracker=tracker)
     try:
-        if strategy == "random":
-            run.start_progress()
-            # the same draws as the evolutions' random start, so only the search differs
-            drive(RandomSampler.from_space(run.space, seed, family_first=cfg.evolution.family_first), run, batch=run_cfg.workers)
-        elif strategy == "ppo":
-            ppo_search(run, run_cfg)
-        else:
-            run_evolution(run, run_cfg, verbose=False)
+        study.optimize()
     except BaseException:
-        run.close()
+        study.close()
         raise
-    rows = run.finish()
+    rows = study.finish()
     best = None
     if rows:
         b = rows[0]
         best = {"hash": b["hash"], "reward": b["reward"], "speedup": b["speedup"], "accuracy": b["accuracy"]}
-    return {"strategy": strategy, "seed": seed, "dir": str(run.dir.resolve()), "history": run.evaluator.history, "best": best,
-            "settings": settings(cfg)}
+    return {"strategy": strategy, "seed": seed, "dir": str(study.run.dir.resolve()), "history": study.run.evaluator.history,
+            "best": best, "settings": settings(cfg)}
 
 
 def settings(cfg: CompeteConfig) -> dict:

@@ -1,16 +1,17 @@
 """Evolve kernels with DEAP: aging evolution, (mu + lambda) or NSGA-II on the shared evaluator.
 
-    python evolve.py [--config configs/evolve.yaml] [--resume RUN_DIR] [key=value ...]
+    python evolve.py [--config kasrl/configs/evolve.yaml] [--resume RUN_DIR] [key=value ...]
 
 Examples::
 
     python evolve.py                                          # aging evolution on fashion_mnist_cnn, measured
-    python evolve.py algorithm=nsga2 evolution.population=8 budget.evaluations=40
+    python evolve.py strategy=nsga2 options.population=8 budget.evaluations=40
     python evolve.py fidelity=analytic budget.evaluations=300 seed=3
     python evolve.py --resume runs/fashion_mnist_cnn__aging__0__1700000000 budget.evaluations=120
 
-Steps: parse the config -> open the run (folder, store, wandb, evaluator) -> evolve
-until the budget is spent (checkpoint every generation) -> write the Pareto front
+Steps: parse the config -> a :class:`kasrl.study.Study` (run folder, store, wandb,
+evaluator, the strategy from the registry) -> evolve until the budget is spent
+(checkpoints every ``checkpoint_every`` evaluations) -> write the Pareto front
 (JSON, source, picture, table, scatter) -> leaderboard. Bad input prints one line
 naming the key and exits with status 2.
 """
@@ -24,44 +25,46 @@ PROG = "evolve.py"
 
 def main(argv=None) -> int:
     """Run ``evolve.py`` with ``argv`` (default: the command line); returns the exit status."""
-    from evolution.algorithms import EvolveConfig
     from kasrl.errors import KasrlError
     from kasrl.experiment.cli import fail, parse_cli
-    from kasrl.experiment.config import CONFIGS_DIR
+    from kasrl.experiment.config import CONFIGS_DIR, RunConfig
 
-    # -- config and run -------------------------------------------------------------
     try:
-        cfg, resume = parse_cli(EvolveConfig, CONFIGS_DIR / "evolve.yaml", argv, PROG, __doc__.splitlines()[0])
-        from kasrl.experiment.run import Run
+        cfg, resume = parse_cli(RunConfig, CONFIGS_DIR / "evolve.yaml", argv, PROG, __doc__.splitlines()[0])
+        from kasrl.study import Study
 
-        run = Run(cfg, cfg.algorithm, resume_dir=resume)
+        study = Study(cfg, resume=resume)
     except KasrlError as e:
         return fail(PROG, e)
 
-    # -- evolve ---------------------------------------------------------------------
-    from evolution.algorithms import run_evolution
+    from evolution.algorithms import EvolutionStrategy
     from evolution.report import print_front, write_front
 
     try:
-        strategy = run_evolution(run, cfg)
+        study.optimize()
     except KasrlError as e:  # e.g. a checkpoint written by another algorithm
-        run.close()
+        study.close()
         return fail(PROG, e)
     except KeyboardInterrupt:
-        run.close()
-        print(f"\ninterrupted; continue with: python {PROG} --resume {run.dir}", file=sys.stderr)
+        study.close()
+        print(f"\ninterrupted; continue with: python {PROG} --resume {study.run.dir}", file=sys.stderr)
         return 130
 
-    # -- outputs --------------------------------------------------------------------
-    front = write_front(run, strategy)
-    run.finish({"evolution/generations": strategy.generation, "evolution/front_size": len(front),
-                "evolution/kernels_bred": strategy.n_asked})
-    names = strategy.objectives
+    strategy = study.strategy
+    front = []
+    extra = {}
+    if isinstance(strategy, EvolutionStrategy):
+        print(strategy.logbook.stream)
+        front = write_front(study.run, strategy)
+        extra = {"evolution/generations": strategy.generation, "evolution/front_size": len(front),
+                 "evolution/kernels_bred": strategy.n_asked}
+    study.finish(extra)
     if front:
-        print_front(front, names, f"Pareto front ({names[0]} x {names[1]}, {len(front)} kernels): {run.dir / 'front'}/")
-    else:
+        names = strategy.objectives
+        print_front(front, names, f"Pareto front ({names[0]} x {names[1]}, {len(front)} kernels): {study.run.dir / 'front'}/")
+    elif isinstance(strategy, EvolutionStrategy):
         print(f"{PROG}: no kernel succeeded within the budget")
-    print(f"continue with: python {PROG} --resume {run.dir} budget.evaluations={cfg.budget.evaluations * 2}")
+    print(f"continue with: python {PROG} --resume {study.run.dir} budget.evaluations={cfg.budget.evaluations * 2}")
     return 0
 
 

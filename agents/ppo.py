@@ -1,14 +1,14 @@
 """PPO agents that learn to build kernels: sb3-contrib ``MaskablePPO`` on the kernel-construction env.
 
-Pseudocode of a training run (``train_agent.py``)::
+Pseudocode of a training run (``python train_agent.py``, :class:`PPOStrategy`)::
 
     envs  = n_envs copies of KernelConstruction-v0, sharing the run's search space and budget
     agent = KernelPPO("GraphPolicy", envs)       # graph network -> masked action logits, value
     repeat until the budget is spent:            # StopOnBudget ends learn()
         roll out n_steps per env, masks from env.action_masks()
-        every finished episode = one evaluation (its kernel's reward is the episode's reward)
+        every finished episode = one evaluation (its kernel's reward is the episode's reward):
+            the kernels of the episodes ending on one step are one round of ask / tell
         PPO update: n_epochs over the rollout in minibatches
-        checkpoint the policy and the run state every `checkpoint_every` evaluations
 
 >>> from sb3_contrib import MaskablePPO
 >>> issubclass(KernelPPO, MaskablePPO) and "GraphPolicy" in KernelPPO.policy_aliases
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
@@ -36,13 +38,13 @@ from agents.features import FactoredActionHead, GraphFeaturesExtractor, action_i
 from kasrl.errors import ConfigError
 from kasrl.eval.base import EvalResult, Evaluator
 from kasrl.experiment.budget import BudgetExhausted
-from kasrl.experiment.config import RunConfig
 from kasrl.ir.canonical import kernel_hash
 from kasrl.ir.graph import KernelGraph
+from kasrl.strategy import Proposal, Strategy, StrategyContext
 
 __all__ = [
     "PPOOptions",
-    "PPOConfig",
+    "PPOStrategy",
     "GraphPolicy",
     "KernelPPO",
     "BudgetGuard",
@@ -53,7 +55,6 @@ __all__ = [
     "make_agent",
     "agent_state",
     "restore_agent",
-    "search",
 ]
 
 AGENT_FILE = "ppo_agent.zip"
@@ -65,7 +66,7 @@ POLICIES = {"graph": "GraphPolicy", "mlp": "MultiInputPolicy"}
 # -- config ----------------------------------------------------------------------------------
 @dataclass
 class PPOOptions:
-    """PPO hyperparameters (``ppo.*`` keys of ``configs/ppo.yaml``)."""
+    """PPO hyperparameters (``options.*`` of a run with ``strategy: ppo``; defaults in ``configs/strategies/ppo.yaml``)."""
 
     n_envs: int = 4
     """Environments stepped together (DummyVecEnv); each finished episode costs one evaluation."""
@@ -93,16 +94,7 @@ class PPOOptions:
     """graph (message passing over the kernel graph) | mlp (an MLP over the flattened padded arrays)."""
     repeat_penalty: float = 1.0
     """Subtracted from the reward of an episode whose kernel the run already evaluated (reward units; 0: off)."""
-    checkpoint_every: int = 10
-    """Evaluations between checkpoints (0: only at the end)."""
 
-
-@dataclass
-class PPOConfig(RunConfig):
-    """A PPO run: the shared run settings plus ``ppo.*``."""
-
-    ppo: PPOOptions = field(default_factory=PPOOptions)
-    """PPO hyperparameters."""
 
     def validate(self) -> None:
         """Check values that types alone do not catch.
@@ -110,30 +102,27 @@ class PPOConfig(RunConfig):
         Raises:
             ConfigError: naming the key.
         """
-        super().validate()
-        p = self.ppo
+        p = self
         for key in ("n_envs", "n_steps", "batch_size", "n_epochs", "hidden"):
             if getattr(p, key) < 1:
-                raise ConfigError(f"`ppo.{key}` must be at least 1, got {getattr(p, key)}")
+                raise ConfigError(f"`options.{key}` must be at least 1, got {getattr(p, key)}")
         if p.n_envs * p.n_steps < 2:
-            raise ConfigError(f"`ppo.n_steps` * `ppo.n_envs` must be at least 2, got {p.n_steps} * {p.n_envs}")
+            raise ConfigError(f"`options.n_steps` * `options.n_envs` must be at least 2, got {p.n_steps} * {p.n_envs}")
         if p.batch_size > p.n_envs * p.n_steps:
-            raise ConfigError(f"`ppo.batch_size` {p.batch_size} exceeds a rollout (ppo.n_envs * ppo.n_steps = {p.n_envs * p.n_steps})")
+            raise ConfigError(f"`options.batch_size` {p.batch_size} exceeds a rollout (options.n_envs * options.n_steps = {p.n_envs * p.n_steps})")
         if p.rounds < 0:
-            raise ConfigError(f"`ppo.rounds` must be >= 0, got {p.rounds}")
+            raise ConfigError(f"`options.rounds` must be >= 0, got {p.rounds}")
         if not p.learning_rate > 0:
-            raise ConfigError(f"`ppo.learning_rate` must be positive, got {p.learning_rate}")
+            raise ConfigError(f"`options.learning_rate` must be positive, got {p.learning_rate}")
         for key in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(p, key) <= 1.0:
-                raise ConfigError(f"`ppo.{key}` must be in [0, 1], got {getattr(p, key)}")
+                raise ConfigError(f"`options.{key}` must be in [0, 1], got {getattr(p, key)}")
         if p.ent_coef < 0 or not p.clip_range > 0:
-            raise ConfigError(f"`ppo.ent_coef` must be >= 0 and `ppo.clip_range` > 0, got {p.ent_coef} and {p.clip_range}")
+            raise ConfigError(f"`options.ent_coef` must be >= 0 and `options.clip_range` > 0, got {p.ent_coef} and {p.clip_range}")
         if p.policy not in POLICIES:
-            raise ConfigError(f"`ppo.policy` must be one of {sorted(POLICIES)}, got {p.policy!r}")
+            raise ConfigError(f"`options.policy` must be one of {sorted(POLICIES)}, got {p.policy!r}")
         if p.repeat_penalty < 0:
-            raise ConfigError(f"`ppo.repeat_penalty` must be >= 0, got {p.repeat_penalty}")
-        if p.checkpoint_every < 0:
-            raise ConfigError(f"`ppo.checkpoint_every` must be >= 0, got {p.checkpoint_every}")
+            raise ConfigError(f"`options.repeat_penalty` must be >= 0, got {p.repeat_penalty}")
 
 
 # -- policy and algorithm --------------------------------------------------------------------
@@ -427,7 +416,8 @@ class EvaluateTogetherVecEnv(DummyVecEnv):
             proxy.pending = (kernel_hash(kernel), result)
 
 
-def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_penalty: float = 0.0) -> EvaluateTogetherVecEnv:
+def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_penalty: float = 0.0,
+                 seen: set | None = None) -> EvaluateTogetherVecEnv:
     """``n_envs`` kernel-construction envs sharing one search space and one budgeted evaluator.
 
     Each env is ``BudgetGuard(RepeatPenalty(Monitor(KernelConstruction-v0)))``:
@@ -443,6 +433,8 @@ def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_
         n_envs: number of envs (stepped one after the other; their ending kernels evaluated together).
         seed: seed of the first env's first reset (the others get ``seed + i``).
         repeat_penalty: see :class:`RepeatPenalty`.
+        seen: the set of kernel hashes seen so far (shared, filled as episodes end;
+            default: the hashes of ``evaluator.history``).
 
     Raises:
         ValueError: when ``n_envs`` is below 1.
@@ -451,7 +443,8 @@ def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_
 
     if n_envs < 1:
         raise ValueError(f"`n_envs` must be at least 1, got {n_envs}")
-    seen = {row["hash"] for row in getattr(evaluator, "history", ()) if row.get("hash")}
+    if seen is None:
+        seen = {row["hash"] for row in getattr(evaluator, "history", ()) if row.get("hash")}
 
     def make() -> gym.Env:
         own = PendingResult(evaluator)
@@ -503,11 +496,11 @@ def restore_agent(state: dict, venv: Any, opts: PPOOptions) -> KernelPPO:
     the network's shape may not.
 
     Raises:
-        ConfigError: when ``ppo.policy``, ``ppo.hidden`` or ``ppo.rounds`` differ from the saved agent's.
+        ConfigError: when ``options.policy``, ``options.hidden`` or ``options.rounds`` differ from the saved agent's.
     """
     for key in ("policy", "hidden", "rounds"):
         if state[key] != getattr(opts, key):
-            raise ConfigError(f"`ppo.{key}` is {getattr(opts, key)!r} but the checkpoint's agent has {state[key]!r}; "
+            raise ConfigError(f"`options.{key}` is {getattr(opts, key)!r} but the checkpoint's agent has {state[key]!r}; "
                               "the network cannot change on resume")
     agent = KernelPPO.load(io.BytesIO(state["model_zip"]), env=venv, device="cpu", **_training_kwargs(opts))
     rng = state["rng"]
@@ -517,40 +510,190 @@ def restore_agent(state: dict, venv: Any, opts: PPOOptions) -> KernelPPO:
     return agent
 
 
-# -- a whole search ---------------------------------------------------------------------------
-def search(run: Any, cfg: PPOConfig, resume: bool = False) -> KernelPPO:
-    """Train PPO on ``run`` until its budget is spent; returns the agent.
+# -- the strategy -------------------------------------------------------------------------------
+class _Handoff(Evaluator):
+    """The evaluator the PPO thread's environments see: kernels go to the strategy's
+    ``ask``; results come back from its ``tell`` (see :class:`PPOStrategy`)."""
 
-    The agent is saved as ``run.dir / AGENT_FILE`` and the run state (agent,
-    RNGs, budget, history) checkpointed every ``ppo.checkpoint_every``
-    evaluations, at the end, and on ``KeyboardInterrupt`` (which is re-raised).
-    The caller writes the leaderboard (``run.finish()``).
+    fidelity = "handoff"
 
-    Args:
-        run: the :class:`~kasrl.experiment.run.Run` (space, budgeted evaluator, tracker).
-        cfg: the run's config (``seed``, ``ppo.*``).
-        resume: continue from the run folder's checkpoint.
+    def __init__(self, strategy: PPOStrategy) -> None:
+        self.strategy = strategy
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the run's budget is spent or the strategy is closing."""
+        s = self.strategy
+        return s._stopping or (s.context.budget is not None and s.context.budget.exhausted)
+
+    @property
+    def remaining(self) -> int:
+        """Evaluations left in the run's budget."""
+        budget = self.strategy.context.budget
+        return 0 if self.exhausted else (budget.remaining if budget is not None else 2**31)
+
+    def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        return self.evaluate_many([kernel])[0]
+
+    def evaluate_many(self, kernels: Any) -> list:
+        """Results for the first kernels the budget allows (the others are not evaluated).
+
+        Raises:
+            BudgetExhausted: when none can be evaluated.
+        """
+        take = list(kernels)[: self.remaining]
+        if not take:
+            raise BudgetExhausted("the run's budget is spent")
+        return self.strategy._submit(take)
+
+
+class PPOStrategy(Strategy):
+    """PPO (sb3-contrib ``MaskablePPO``) as an ask/tell strategy.
+
+    PPO collects its own rollouts, so it runs in a thread of its own: the kernels
+    of the episodes that end on one step are handed to :meth:`ask_many` as one
+    round, and the thread waits until their results come back through
+    :meth:`tell` and the next round is asked for. The thread only ever runs while
+    the caller waits in ``ask_many``, so the search stays deterministic and the
+    agent can be saved between rounds. :meth:`close` stops the thread (its
+    environments see the budget spent and truncate).
+
+    Options: :class:`PPOOptions` (``configs/strategies/ppo.yaml``).
     """
-    from stable_baselines3.common.callbacks import CallbackList
 
-    from agents.callbacks import BestMetrics, RunCheckpoint, StopOnBudget, TrainMetrics
+    name = "ppo"
+    Options = PPOOptions
 
-    opts, ev = cfg.ppo, run.evaluator
-    state = run.load_checkpoint() if resume else None
-    venv = make_vec_env(run.space, ev, opts.n_envs, cfg.seed + ev.spent, opts.repeat_penalty)
-    agent = restore_agent(state, venv, opts) if state else make_agent(venv, opts, cfg.seed, run.space)
+    def __init__(self, context: StrategyContext, options: PPOOptions | None = None) -> None:
+        super().__init__(context, options)
+        self.seen: set = set()
+        self._handoff = _Handoff(self)
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._batch: list = []  # proposals of the round the thread waits on
+        self._given = 0
+        self._told: dict = {}
+        self._resume = False
+        self._stopping = False
+        self._done = False
+        self._error: BaseException | None = None
+        self._fresh = True
+        self._build(None)
 
-    def save() -> None:
-        run.save_checkpoint(agent_state(agent, opts))
-        agent.save(run.dir / AGENT_FILE)
+    def _build(self, state: dict | None) -> None:
+        opts, ctx = self.options, self.context
+        spent = ctx.budget.spent if ctx.budget is not None else 0
+        self.venv = make_vec_env(self.space, self._handoff, opts.n_envs, self.seed + spent, opts.repeat_penalty, seen=self.seen)
+        self.agent = restore_agent(state, self.venv, opts) if state else make_agent(self.venv, opts, self.seed, self.space)
 
-    ev.callbacks.append(BestMetrics(run.tracker, run.top.best()))
-    run.start_progress()
-    spent = lambda: ev.spent  # noqa: E731
-    callbacks = CallbackList([StopOnBudget(ev), TrainMetrics(run.tracker, spent), RunCheckpoint(save, spent, opts.checkpoint_every)])
-    try:
-        if not ev.exhausted:  # each finished episode is one evaluation
-            agent.learn(total_timesteps=2**62, callback=callbacks, reset_num_timesteps=state is None)
-    finally:
-        save()
-    return agent
+    # -- the thread -------------------------------------------------------------------------
+    def _learn(self) -> None:
+        from stable_baselines3.common.callbacks import CallbackList
+
+        from agents.callbacks import StopOnBudget, TrainMetrics
+
+        ctx = self.context
+        spent = (lambda: ctx.budget.spent) if ctx.budget is not None else (lambda: self._n_told)
+        callbacks = CallbackList([StopOnBudget(self._handoff), TrainMetrics(_LogTracker(ctx.log), spent)])
+        try:
+            self.agent.learn(total_timesteps=2**62, callback=callbacks, reset_num_timesteps=self._fresh)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's next ask
+            self._error = e
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    _n_told = 0
+
+    def _submit(self, kernels: list) -> list:
+        """In the PPO thread: hand ``kernels`` to the caller and wait for their results."""
+        with self._cond:
+            self._batch = [Proposal(k) for k in kernels]
+            self._given, self._told, self._resume = 0, {}, False
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._stopping or (len(self._told) == len(self._batch) and self._resume))
+            results = [self._told[i] for i in range(len(self._batch)) if i in self._told]
+            self._batch = []
+        if len(results) < len(kernels) and not results:
+            raise BudgetExhausted("the run ended before these kernels were evaluated")
+        return results
+
+    # -- ask / tell --------------------------------------------------------------------------
+    def ask(self) -> Proposal:
+        """The next kernel PPO's policy built (see :meth:`ask_many`)."""
+        out = self.ask_many(1)
+        if not out:
+            raise BudgetExhausted("PPO stopped: the run's budget is spent")
+        return out[0]
+
+    def ask_many(self, n: int) -> list:
+        """Up to ``n`` kernels of episodes that ended, in the thread's order; runs PPO until there are some."""
+        with self._cond:
+            if self._given >= len(self._batch):  # nothing left to hand out: let PPO run on
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._learn, name="kasrl-ppo", daemon=True)
+                    self._thread.start()
+                self._resume = True
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._done or self._given < len(self._batch))
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            out = self._batch[self._given : self._given + n]
+            for i, p in enumerate(out):
+                p.meta["index"] = self._given + i
+            self._given += len(out)
+            return out
+
+    def batch_size(self) -> int:
+        """The kernels of a round: those of the episodes ending on one vectorised step (at most ``n_envs``)."""
+        left = len(self._batch) - self._given
+        return left if left > 0 else self.options.n_envs
+
+    def tell(self, proposal: Proposal, result: EvalResult) -> None:
+        """The result of a kernel :meth:`ask_many` handed out (the thread resumes at the next ask)."""
+        with self._cond:
+            self._told[proposal.meta["index"]] = result
+            self._n_told += 1
+
+    def close(self) -> None:
+        """Stop the PPO thread (its environments see the budget spent)."""
+        if self._thread is not None:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            self._thread.join(timeout=120)
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The agent (SB3 model file and RNG states) and the kernels it has seen."""
+        return {**agent_state(self.agent, self.options), "seen": sorted(self.seen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (before the first ask).
+
+        Raises:
+            ConfigError: when the network's shape differs from the saved agent's.
+        """
+        if self._thread is not None:
+            raise RuntimeError("load_state_dict must come before the first ask")
+        self.seen.clear()
+        self.seen.update(state.get("seen", ()))
+        self._build(state)
+        self._fresh = False
+
+    def export(self, folder: Path) -> None:
+        """Write the trained agent as ``folder / ppo_agent.zip`` (``KernelPPO.load`` reads it)."""
+        self.agent.save(Path(folder) / AGENT_FILE)
+
+
+class _LogTracker:
+    """``tracker.log`` over a strategy context's ``log`` (what :class:`agents.callbacks.TrainMetrics` expects)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log

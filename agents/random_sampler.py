@@ -19,14 +19,41 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
+from kasrl.errors import ConfigError
 from kasrl.eval.base import EvalResult
 from kasrl.space import SearchSpace, SearchState
-from kasrl.strategy import BestTracker, Proposal, Strategy
+from kasrl.strategy import BestTracker, Proposal, Strategy, StrategyContext
 
-__all__ = ["RandomSampler"]
+__all__ = ["RandomSampler", "RandomOptions"]
+
+
+@dataclass
+class RandomOptions:
+    """Options of the random sampler (``configs/strategies/random*.yaml``)."""
+
+    family_first: bool = False
+    """Draw a primitive family uniformly, then one of its legal actions (else uniform over legal actions)."""
+    sizes: str = "fill"
+    """How the finishing step sizes a kernel: fill | max_flops | max_capacity | feasible (see SearchSpace.finish)."""
+    steps: list[int] | None = None
+    """[low, high] actions per kernel (None: the space's min_steps..max_steps)."""
+    widths: list[int] | None = None
+    """[low, high] of the most branches open at once (None: 2..max_width)."""
+
+    def validate(self) -> None:
+        """Check the ranges' shapes (their bounds are checked against the space).
+
+        Raises:
+            ConfigError: naming the key.
+        """
+        for key in ("steps", "widths"):
+            v = getattr(self, key)
+            if v is not None and (len(v) != 2 or v[0] > v[1] or v[0] < 1):
+                raise ConfigError(f"`options.{key}` must be [low, high] with 1 <= low <= high, got {list(v)}")
 
 
 class RandomSampler(Strategy):
@@ -47,6 +74,7 @@ class RandomSampler(Strategy):
     """
 
     name = "random"
+    Options = RandomOptions
 
     def __init__(self, space: SearchSpace, seed: int = 0, steps: tuple = (5, 25), widths: tuple = (2, 8), family_first: bool = False,
                  sizes: str = "fill") -> None:
@@ -55,8 +83,11 @@ class RandomSampler(Strategy):
             raise ValueError(f"`steps` must satisfy 1 <= low <= high <= max_steps ({space.config.max_steps}), got {steps}")
         if not 1 <= widths[0] <= widths[1]:
             raise ValueError(f"`widths` must satisfy 1 <= low <= high, got {widths}")
+        space.resolve_objective(sizes)
         self.space = space
         self.seed = seed
+        self.context = StrategyContext(space, seed)
+        self.options = RandomOptions(family_first, sizes, [lo, hi], list(widths))
         self.steps = (lo, hi)
         self.widths = tuple(widths)
         self.family_first = family_first
@@ -65,6 +96,20 @@ class RandomSampler(Strategy):
         self.best = BestTracker()
         self._fork_actions = np.array([a for a, act in enumerate(space.table.actions) if act.kind == "fork"], dtype=np.int64)
         self._families = [act.family for act in space.table.actions]
+
+    @classmethod
+    def create(cls, context: StrategyContext, options: RandomOptions) -> RandomSampler:
+        """The registry's constructor: ``options`` over the space's whole range."""
+        space = context.space
+        cfg = space.config
+        steps = tuple(options.steps) if options.steps else (cfg.min_steps, cfg.max_steps)
+        widths = tuple(options.widths) if options.widths else (min(2, cfg.max_width), cfg.max_width)
+        try:
+            out = cls(space, context.seed, steps, widths, options.family_first, options.sizes)
+        except ValueError as e:
+            raise ConfigError(f"`options`: {e}") from None
+        out.context, out.options = context, options
+        return out
 
     @classmethod
     def from_space(cls, space: SearchSpace, seed: int = 0, family_first: bool = False, sizes: str = "fill") -> RandomSampler:

@@ -2,23 +2,11 @@
 
 ``genome``      decode an action sequence through the search space, repairing illegal steps
 ``operators``   ``mut_*``, ``cx_*`` and ``sel_*`` on genomes, with a seeded ``random.Random``
-``algorithms``  aging evolution, (mu + lambda) and NSGA-II as ask/tell strategies; ``run_evolution``
+``algorithms``  aging evolution, (mu + lambda) and NSGA-II as ask/tell strategies (the registry names them)
 ``report``      the Pareto front's kernels, table and scatter
 """
 
-from evolution.algorithms import (
-    ALGORITHMS,
-    NSGA2,
-    AgingEvolution,
-    EvolutionOptions,
-    EvolutionStrategy,
-    EvolveConfig,
-    MuPlusLambda,
-    evaluator_map,
-    make_strategy,
-    objective_names,
-    run_evolution,
-)
+from evolution.algorithms import ALGORITHMS, NSGA2, AgingEvolution, EvolutionOptions, EvolutionStrategy, MuPlusLambda
 from evolution.genome import Decoded, FitnessMax, FitnessPareto, Individual, choose_legal, decode
 from evolution.operators import (
     cx_one_point,
@@ -38,7 +26,6 @@ __all__ = [
     "Decoded",
     "EvolutionOptions",
     "EvolutionStrategy",
-    "EvolveConfig",
     "FitnessMax",
     "FitnessPareto",
     "Individual",
@@ -48,18 +35,14 @@ __all__ = [
     "cx_one_point",
     "cx_two_point",
     "decode",
-    "evaluator_map",
     "front_rows",
-    "make_strategy",
     "mut_change_step",
     "mut_delete_step",
     "mut_insert_step",
     "mut_step",
     "non_dominated",
-    "objective_names",
     "plot_pareto",
     "print_front",
-    "run_evolution",
     "sel_tournament",
     "sel_tournament_dcd",
     "write_front",

@@ -1,22 +1,22 @@
 """Evolutionary search strategies on action-sequence genomes, and the loop that runs them.
 
 Three algorithms, all :class:`~kasrl.strategy.Strategy` subclasses (ask/tell,
-``state_dict``), chosen by ``algorithm`` in :class:`EvolveConfig`:
+``state_dict``), registered as ``aging``, ``mu_plus_lambda`` and ``nsga2``
+(``configs/strategies/*.yaml``):
 
 * ``aging``: regularised (aging) evolution (Real et al. 2019, arXiv 1802.01548).
 * ``mu_plus_lambda``: a (mu + lambda) genetic algorithm (DEAP ``eaMuPlusLambda``).
 * ``nsga2``: NSGA-II on the two objectives (Deb et al. 2002; DEAP ``selNSGA2``).
 
-Pseudocode of :func:`run_evolution` (one generation per pass; DEAP's
-``eaMuPlusLambda`` shape)::
+One generation is one round of the study's loop (:meth:`kasrl.study.Study.optimize`;
+DEAP's ``eaMuPlusLambda`` shape)::
 
-    population <- `population` random kernels, evaluated as one batch     # generation 0
+    population <- `population` kernels from the random start, evaluated as one round   # generation 0
     while evaluations and seconds remain (and generation <= `generations` if set):
-        offspring <- [strategy.ask() for `offspring` times]    # varied, decoded, novel kernels
-        results   <- toolbox.map(phenotype, offspring)          # evaluate_many, `workers` at a time
+        offspring <- strategy.ask_many(`offspring`)             # varied, decoded, novel kernels
+        results   <- evaluate_many(offspring)                   # `workers` at a time
         strategy.tell(child, result) for each                   # survivor selection inside
-        logbook.record(statistics of the population); log it against evaluations done
-        checkpoint(strategy state, budget, leaderboard)
+        strategy.after_round(): logbook.record(statistics of the population), logged against evaluations done
 
 How each algorithm breeds and selects (``ask`` / ``tell``)::
 
@@ -35,11 +35,11 @@ still costs one evaluation of the budget.
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections import deque
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 from deap import base, tools
@@ -50,25 +50,17 @@ from evolution.operators import cx_one_point, cx_two_point, mut_step, sel_tourna
 from evolution.report import generation_metrics
 from kasrl.errors import ConfigError, KasrlError
 from kasrl.eval.base import EvalResult
-from kasrl.experiment.budget import BudgetExhausted
-from kasrl.experiment.config import RunConfig
 from kasrl.ir.canonical import kernel_hash
 from kasrl.ir.serialize import dumps, loads
-from kasrl.space import SearchSpace
-from kasrl.strategy import BestTracker, Proposal, Strategy
+from kasrl.strategy import BestTracker, Proposal, Strategy, StrategyContext
 
 __all__ = [
     "ALGORITHMS",
     "EvolutionOptions",
-    "EvolveConfig",
     "EvolutionStrategy",
     "AgingEvolution",
     "MuPlusLambda",
     "NSGA2",
-    "make_strategy",
-    "objective_names",
-    "evaluator_map",
-    "run_evolution",
 ]
 
 
@@ -93,22 +85,14 @@ class EvolutionOptions:
     generations: int = 0
     """Generations bred after the random start before stopping (0: only the budget stops the run)."""
     family_first: bool = True
-    """Random draws (start, mutation, repair) pick a primitive family first, then one of its actions."""
+    """Random draws (mutation, repair; the start with ``start: family``) pick a primitive family first, then one of its actions."""
+    start: str = "prior"
+    """Where the random start comes from: prior (the untrained PPO policy: the matched baseline ``random_prior``) |
+    family (``random_family``'s draws) | uniform (``random``'s draws)."""
+    ppo: dict[str, Any] = field(default_factory=dict)
+    """With ``start: prior``: the PPO options whose untrained policy is the prior (as ``random_prior``'s ``ppo``)."""
     novelty_tries: int = 8
     """Times a child is bred again when its kernel was already asked about (each repeat costs an evaluation)."""
-
-
-ALGORITHMS = ("aging", "mu_plus_lambda", "nsga2")
-
-
-@dataclass
-class EvolveConfig(RunConfig):
-    """``evolve.py``'s config: a run config plus the algorithm and its options."""
-
-    algorithm: str = "aging"
-    """aging | mu_plus_lambda | nsga2."""
-    evolution: EvolutionOptions = field(default_factory=EvolutionOptions)
-    """Population sizes and variation rates."""
 
     def validate(self) -> None:
         """Check values that types alone do not catch.
@@ -116,12 +100,7 @@ class EvolveConfig(RunConfig):
         Raises:
             ConfigError: naming the key.
         """
-        super().validate()
-        if self.algorithm not in ALGORITHMS:
-            close = difflib.get_close_matches(str(self.algorithm), ALGORITHMS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"`algorithm` must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}{hint}")
-        e = self.evolution
+        e = self
         checks = [
             ("population", e.population >= 2, "at least 2"),
             ("offspring", e.offspring >= 1, "at least 1"),
@@ -132,15 +111,14 @@ class EvolveConfig(RunConfig):
             ("crossover", e.crossover in ("one_point", "two_point"), "'one_point' or 'two_point'"),
             ("generations", e.generations >= 0, "at least 0 (0: no cap)"),
             ("novelty_tries", e.novelty_tries >= 1, "at least 1"),
+            ("start", e.start in ("prior", "family", "uniform"), "'prior', 'family' or 'uniform'"),
         ]
         for key, ok, want in checks:
             if not ok:
-                raise ConfigError(f"`evolution.{key}` must be {want}, got {getattr(e, key)!r}")
+                raise ConfigError(f"`options.{key}` must be {want}, got {getattr(e, key)!r}")
 
 
-def objective_names(fidelity: str) -> tuple:
-    """Names of the two objectives of a fidelity (``EvalResult.objectives``)."""
-    return ("speedup", "accuracy") if fidelity == "measured" else ("inv_flops_ratio", "params_ratio")
+ALGORITHMS = ("aging", "mu_plus_lambda", "nsga2")
 
 
 def _same_kernel(a: Individual, b: Individual) -> bool:
@@ -158,24 +136,27 @@ class EvolutionStrategy(Strategy):
     ``pareto_front`` (by the two objectives) cover every successful evaluation.
 
     Args:
-        space: the search space (shared with the environment).
+        context: the search space (shared with the environment), the seed of the one
+            ``random.Random`` all operators draw from, the objectives' names (for the
+            statistics), the size of the hall of fame and the run's log.
         options: population sizes and variation rates.
-        seed: seeds the one ``random.Random`` all operators draw from.
-        objectives: names of the two objectives (for the statistics).
-        top_k: size of the hall of fame.
     """
 
     fitness_class: type = FitnessMax
+    Options = EvolutionOptions
 
-    def __init__(self, space: SearchSpace, options: EvolutionOptions | None = None, seed: int = 0,
-                 objectives: tuple = ("speedup", "accuracy"), top_k: int = 5) -> None:
-        self.space = space
-        self.options = options = options or EvolutionOptions()
-        self.seed = seed
-        self.objectives = tuple(objectives)
+    def __init__(self, context: StrategyContext, options: EvolutionOptions | None = None) -> None:
+        super().__init__(context, options)
+        options, space, seed = self.options, self.space, self.seed
+        self.objectives = tuple(context.objectives)
         self.rng = random.Random(seed)
-        self.sampler = RandomSampler.from_space(space, seed, family_first=options.family_first)
+        self.sampler = RandomSampler.from_space(space, seed, family_first=options.family_first if options.start != "uniform" else False)
         self.sampler.rng = self.rng  # one RNG stream for everything: one state to checkpoint
+        self.prior = None
+        if options.start == "prior":  # the matched baseline's draws: the same kernels random_prior draws first
+            from agents.prior import PriorOptions, PriorSampler
+
+            self.prior = PriorSampler(context, PriorOptions(ppo=dict(options.ppo)))
         tb = base.Toolbox()
         tb.register("clone", Individual.clone)
         tb.register("mutate", mut_step, space=space, rng=self.rng, family_first=options.family_first)
@@ -183,7 +164,7 @@ class EvolutionStrategy(Strategy):
         tb.register("mate", mate, space=space, rng=self.rng, family_first=options.family_first)
         tb.register("phenotype", attrgetter("kernel"))
         self.toolbox = tb
-        self.hall_of_fame = tools.HallOfFame(top_k, similar=_same_kernel)
+        self.hall_of_fame = tools.HallOfFame(context.top_k, similar=_same_kernel)
         self.pareto_front = tools.ParetoFront(similar=_same_kernel)
         stats = {"reward": tools.Statistics(attrgetter("reward"))}
         for i, name in enumerate(self.objectives):
@@ -204,7 +185,8 @@ class EvolutionStrategy(Strategy):
 
     # -- breeding --------------------------------------------------------------------
     def _random(self) -> Individual:
-        kernel, actions = self.sampler.sample_actions()
+        sampler = self.prior if self.prior is not None and self._in_start() else self.sampler
+        kernel, actions = sampler.sample_actions()
         ind = Individual(actions, self.fitness_class)
         ind.kernel, ind.origin = kernel, "random"
         return ind
@@ -271,6 +253,18 @@ class EvolutionStrategy(Strategy):
             return self.options.population - self.n_asked
         return self.options.offspring
 
+    def ask_many(self, n: int) -> list:
+        """The next generation's children (none once ``generations`` after the start are done)."""
+        cap = self.options.generations
+        if cap and self.generation > cap:
+            return []
+        return [self.ask() for _ in range(n)]
+
+    def after_round(self, evaluations: int) -> None:
+        """Close the generation: a Logbook record of the population, logged against ``evaluations``."""
+        record = self.record_generation(evaluations, len(self._batch))
+        self.context.log(generation_metrics(record, self.objectives), evaluations)
+
     def record_generation(self, evaluations: int, nevals: int) -> dict:
         """Add a Logbook record for the generation just told; returns it."""
         batch, self._batch = self._batch, []
@@ -297,6 +291,7 @@ class EvolutionStrategy(Strategy):
     def state_dict(self) -> dict:
         """Everything needed to continue identically (pickle-able; kernels of the population are not kept)."""
         return {"algorithm": self.name, "seed": self.seed, "rng": self.rng.getstate(), "n_asked": self.n_asked, "n_told": self.n_told,
+                "prior": self.prior.state_dict() if self.prior is not None else None,
                 "generation": self.generation, "seen": sorted(self.seen), "best": self.best.state_dict(),
                 "hall_of_fame": self._entries(self.hall_of_fame), "pareto_front": self._entries(self.pareto_front),
                 "logbook": [dict(r) for r in self.logbook],
@@ -310,10 +305,12 @@ class EvolutionStrategy(Strategy):
             ConfigError: when the checkpoint was made by another algorithm.
         """
         if state.get("algorithm") != self.name:
-            raise ConfigError(f"`algorithm` is {self.name!r} but the checkpoint was written by {state.get('algorithm')!r}")
+            raise ConfigError(f"`strategy` is {self.name!r} but the checkpoint was written by {state.get('algorithm')!r}")
         rng = state["rng"]
         self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))  # a tuple again after a JSON round trip
         self.n_asked, self.n_told, self.generation = state["n_asked"], state["n_told"], state["generation"]
+        if self.prior is not None and state.get("prior") is not None:
+            self.prior.load_state_dict(state["prior"])
         self.seen = set(state["seen"])
         self.best.load_state_dict(state["best"])
         self._restore(self.hall_of_fame, state["hall_of_fame"], FitnessMax)
@@ -451,75 +448,3 @@ class NSGA2(_Generational):
         super().__init__(*args, **kwargs)
         self.toolbox.register("select_parents", sel_tournament_dcd, rng=self.rng)
         self.toolbox.register("select", tools.selNSGA2)
-
-
-_CLASSES = {"aging": AgingEvolution, "mu_plus_lambda": MuPlusLambda, "nsga2": NSGA2}
-
-
-def make_strategy(algorithm: str, space: SearchSpace, options: EvolutionOptions | None = None, seed: int = 0,
-                  objectives: tuple = ("speedup", "accuracy"), top_k: int = 5) -> EvolutionStrategy:
-    """The strategy named ``algorithm`` (one of :data:`ALGORITHMS`).
-
-    Raises:
-        ConfigError: for an unknown name, naming ``algorithm``.
-    """
-    if algorithm not in _CLASSES:
-        raise ConfigError(f"`algorithm` must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
-    return _CLASSES[algorithm](space, options, seed, objectives, top_k)
-
-
-def evaluator_map(evaluator, chunk: int = 0):
-    """A ``toolbox.map`` that sends a generation to ``evaluator.evaluate_many``, ``chunk`` kernels per call.
-
-    ``chunk`` = the number of workers keeps every worker busy while the clock is checked
-    before each round (``evaluate_many`` checks it once per call); 0 sends everything at
-    once. ``func`` turns an item into its kernel. The results cover the items evaluated
-    before the budget ran out (a prefix); BudgetExhausted only when none was.
-    """
-
-    def map_(func, items):
-        kernels = [func(x) for x in items]
-        step = chunk or max(len(kernels), 1)
-        results: list = []
-        for i in range(0, len(kernels), step):
-            if results and evaluator.exhausted:
-                break
-            results += evaluator.evaluate_many(kernels[i : i + step])
-        return results
-
-    return map_
-
-
-def run_evolution(run, cfg: EvolveConfig, verbose: bool = True) -> EvolutionStrategy:
-    """Run ``cfg.algorithm`` on ``run`` until its budget (or ``evolution.generations``) is spent.
-
-    Continues from the run folder's checkpoint when there is one (``--resume``). Logs each
-    generation's statistics against evaluations done and checkpoints after every generation.
-
-    Returns:
-        The strategy (its ``logbook``, ``hall_of_fame``, ``pareto_front``).
-    """
-    strategy = make_strategy(cfg.algorithm, run.space, cfg.evolution, cfg.seed, objective_names(cfg.fidelity), cfg.top_k)
-    state = run.load_checkpoint()
-    if state is not None:
-        strategy.load_state_dict(state)
-    ev, tb = run.evaluator, strategy.toolbox
-    tb.register("map", evaluator_map(ev, chunk=cfg.workers))
-    run.start_progress()
-    cap = cfg.evolution.generations
-    while not ev.exhausted and (not cap or strategy.generation <= cap):
-        offspring = [strategy.ask() for _ in range(min(strategy.batch_size(), ev.remaining))]
-        try:
-            results = tb.map(tb.phenotype, [p.meta["individual"] for p in offspring])
-        except BudgetExhausted:
-            break
-        for proposal, result in zip(offspring, results, strict=False):  # fewer results once the budget is spent
-            strategy.tell(proposal, result)
-        record = strategy.record_generation(ev.spent, len(results))
-        run.tracker.log(generation_metrics(record, strategy.objectives), step=ev.spent)
-        if verbose:
-            from tqdm import tqdm
-
-            tqdm.write(strategy.logbook.stream)
-        run.save_checkpoint(strategy.state_dict())
-    return strategy

@@ -24,7 +24,7 @@ from kasrl.ir.graph import KernelGraph
 from kasrl.solver.budget import Placement
 from kasrl.store.records import Status
 
-__all__ = ["EvalResult", "Evaluator", "AnalyticEvaluator", "DEFAULT_PENALTIES", "failure"]
+__all__ = ["EvalResult", "Evaluator", "AnalyticEvaluator", "DEFAULT_PENALTIES", "failure", "objective_names"]
 
 #: Reward for a kernel that fails, by cause (tasks may override these). All lie below
 #: every reward a kernel that ran can get (the measured reward's floor, -5, and the
@@ -74,6 +74,11 @@ class EvalResult:
             raise ValueError(f"`status` must be a Status, got {self.status!r}")
         if not isinstance(self.reward, (int, float)) or not math.isfinite(self.reward):
             raise ValueError(f"`reward` must be a finite number, got {self.reward!r}")
+
+
+def objective_names(fidelity: str) -> tuple:
+    """Names of the two objectives of ``EvalResult.objectives`` at a fidelity (both maximised)."""
+    return ("speedup", "accuracy") if fidelity == "measured" else ("inv_flops_ratio", "params_ratio")
 
 
 def failure(status: Status, cause: str, penalties: dict | None = None, **kw) -> EvalResult:

@@ -26,7 +26,7 @@ from kasrl.ir.graph import KernelGraph
 from kasrl.ir.serialize import dumps
 from kasrl.store.records import Status
 
-__all__ = ["BudgetExhausted", "ResultRecord", "Callback", "BudgetedEvaluator", "TopKernels"]
+__all__ = ["BudgetExhausted", "ResultRecord", "Callback", "BudgetedEvaluator", "TopKernels", "evaluate_rounds"]
 
 
 class BudgetExhausted(KasrlError):
@@ -169,6 +169,10 @@ class BudgetedEvaluator(Evaluator):
                 self._stopped = True
         return rec
 
+    def record(self, kernel: KernelGraph, result: EvalResult) -> ResultRecord:
+        """Count a result obtained outside this evaluator (one unit, in the history and callbacks)."""
+        return self._note(kernel, result)
+
     def evaluate(self, kernel: KernelGraph) -> EvalResult:
         """Evaluate one kernel, spending one unit.
 
@@ -224,3 +228,23 @@ class BudgetedEvaluator(Evaluator):
     def close(self) -> None:
         if hasattr(self.inner, "close"):
             self.inner.close()
+
+
+def evaluate_rounds(evaluator: BudgetedEvaluator, kernels: Sequence[KernelGraph], chunk: int = 1) -> list:
+    """Evaluate ``kernels`` ``chunk`` at a time (one per worker), checking the budget between rounds.
+
+    ``evaluate_many`` checks the clock once per call, so a whole generation sent at
+    once could overshoot the time budget by a generation; rounds of ``chunk`` keep
+    every worker busy and overshoot by one round at most. Returns the results of
+    the kernels evaluated before the budget ran out (a prefix).
+
+    Raises:
+        BudgetExhausted: when not even the first could be evaluated.
+    """
+    step = max(int(chunk), 1)
+    results: list = []
+    for i in range(0, len(kernels), step):
+        if results and evaluator.exhausted:
+            break
+        results += evaluator.evaluate_many(list(kernels[i : i + step]))
+    return results

@@ -1,12 +1,15 @@
-"""Typed run configs shared by ``train_agent.py``, ``evolve.py`` and ``compete.py``.
+"""Typed run configs shared by :class:`kasrl.study.Study`, ``train_agent.py``, ``evolve.py`` and ``compete.py``.
 
 A run config is a nested dataclass loaded from YAML and overridden with dotted
 ``key=value`` pairs (OmegaConf does the merging and type checking); an
-unknown key or a wrong type fails with one line naming the key.
+unknown key or a wrong type fails with one line naming the key. The strategy
+is named by ``strategy`` (a registry name, see :mod:`kasrl.strategy`) and
+configured by ``options``; ``task.<key>=value`` overrides a field of the task
+(kept in ``task_overrides``).
 
->>> cfg = load_config(RunConfig, None, ["seed=3", "budget.evaluations=10"])
->>> cfg.seed, cfg.budget.evaluations
-(3, 10)
+>>> cfg = load_config(RunConfig, None, ["seed=3", "budget.evaluations=10", "task.device=auto", "options.family_first=true"])
+>>> cfg.seed, cfg.budget.evaluations, cfg.task_overrides, cfg.options
+(3, 10, {'device': 'auto'}, {'family_first': True})
 """
 
 from __future__ import annotations
@@ -15,25 +18,27 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from kasrl.errors import ConfigError
+from kasrl.space.config import SpaceConfig
 
 __all__ = [
     "BudgetConfig",
     "WandbConfig",
     "RayConfig",
-    "SpaceOptions",
     "RunConfig",
     "load_config",
     "to_dict",
     "CONFIGS_DIR",
 ]
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+"""The configs shipped with the package: run configs, ``tasks/`` and ``strategies/``."""
 T = TypeVar("T")
 
 
@@ -72,33 +77,20 @@ class RayConfig:
 
 
 @dataclass
-class SpaceOptions:
-    """The search space (see :class:`kasrl.space.SpaceConfig`)."""
-
-    min_steps: int = 5
-    """Fewest actions before a kernel may be finished."""
-    max_steps: int = 25
-    """Most actions per kernel (the kernel is finished at this cap)."""
-    max_width: int = 8
-    """Most branches open at once."""
-    kernel_sizes: list = field(default_factory=lambda: [3, 5, 7])
-    """Window sizes of convolutions and unfolds."""
-    dilations: list = field(default_factory=lambda: [1, 2, 3])
-    """Dilations of convolutions and unfolds."""
-    shifts: list = field(default_factory=lambda: [1, 2, 3])
-    """Shift distances."""
-    families: list = field(default_factory=list)
-    """Enabled primitive families (empty: all)."""
-
-
-@dataclass
 class RunConfig:
     """Settings every search run has."""
 
     seed: int = 0
     """Seeds every random choice (the same seed gives the same kernels)."""
     task: str = "fashion_mnist_cnn"
-    """Task name (configs/tasks/<name>.yaml) or path to a task YAML."""
+    """Task name (kasrl/configs/tasks/<name>.yaml) or path to a task YAML."""
+    task_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of the task to change (``task.device=cuda`` on the command line lands here)."""
+    strategy: str = "random"
+    """The search strategy: a name from kasrl/configs/strategies/ (random, random_family, random_prior, ppo, aging,
+    mu_plus_lambda, nsga2, mcts)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The strategy's options, over the defaults of its registry file (see ``python -m kasrl strategies``)."""
     fidelity: str = "measured"
     """measured (real latency and training) | analytic (FLOPs/params ratios only)."""
     out: str = "runs"
@@ -115,10 +107,12 @@ class RunConfig:
     """Evaluations and seconds this run may spend."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Experiment tracking."""
-    space: SpaceOptions = field(default_factory=SpaceOptions)
-    """The search space."""
+    space: SpaceConfig = field(default_factory=lambda: SpaceConfig(min_steps=5))
+    """The search space (primitive families, sizes, kernel limits; see :class:`kasrl.space.SpaceConfig`)."""
     top_k: int = 5
     """Kernels written out and shown in the final leaderboard."""
+    checkpoint_every: int = 10
+    """Evaluations between checkpoints of the run state (0: only at the end)."""
 
     def validate(self) -> None:
         """Check values that types alone do not catch.
@@ -140,6 +134,8 @@ class RunConfig:
             raise ConfigError(f"`wandb.mode` must be offline, disabled or online, got {self.wandb.mode!r}")
         if self.top_k < 1:
             raise ConfigError(f"`top_k` must be at least 1, got {self.top_k}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"`checkpoint_every` must be >= 0, got {self.checkpoint_every}")
 
 
 def _flatten_keys(cfg, prefix: str = "") -> list:
@@ -186,6 +182,8 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not key=value")
+    # task.<field>=value changes the task, which `task` only names
+    overrides = [f"task_overrides.{o[len('task.'):]}" if o.startswith("task.") else o for o in overrides]
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
@@ -197,6 +195,51 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
     return cfg
 
 
+def from_mapping(base: T, fields: Any) -> T:
+    """``base`` with ``fields`` (a mapping of keys, nested mappings allowed) merged on top, checked like a file.
+
+    Raises:
+        ConfigError: for an unknown key, a wrong type or a bad value, naming the key.
+    """
+    cls = type(base)
+    known = _flatten_keys(base)
+    fields = dict(fields or {})
+    if "task" in fields and not isinstance(fields["task"], str):  # a Task object: its name, and the rest as overrides
+        task = fields.pop("task")
+        fields["task"] = getattr(task, "name", task)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(base), OmegaConf.create(_plain(fields)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _key_error(e, known) from None
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    assert isinstance(cfg, cls)
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_saved(run_dir: str | Path, cls: type[T] | None = None) -> T:
+    """The config saved in a run folder (``config.yaml``).
+
+    Raises:
+        ConfigError: when ``run_dir`` is not a run folder.
+    """
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"`--resume` {run_dir}: not a run folder (no config.yaml)")
+    return load_config(cls or RunConfig, saved)
+
+
 def to_dict(cfg: Any) -> dict:
-    """A config as plain nested dicts (for wandb and checkpoints)."""
-    return dataclasses.asdict(cfg)
+    """A config as plain nested dicts and lists (for YAML, wandb and checkpoints)."""
+    return _plain(cfg)

@@ -16,10 +16,13 @@ best kernels), plus the offline wandb run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,10 +30,10 @@ from kasrl.errors import ConfigError
 from kasrl.experiment.budget import BudgetedEvaluator, Callback, ResultRecord, TopKernels
 from kasrl.experiment.config import RunConfig, to_dict
 from kasrl.solver.cpsat import SolverConfig
-from kasrl.space import FAMILIES, SearchSpace, SpaceConfig
+from kasrl.space import SearchSpace
 from kasrl.tracking import NullTracker, Tracker, run_name
 
-__all__ = ["Run", "TrackerCallback", "ProgressCallback", "make_space", "make_evaluator"]
+__all__ = ["Run", "TrackerCallback", "ProgressCallback", "BestMetrics", "make_space", "make_evaluator"]
 
 
 class TrackerCallback(Callback):
@@ -67,13 +70,51 @@ class ProgressCallback(Callback):
         self.bar.close()
 
 
-def make_space(cfg: RunConfig, placements, budget) -> SearchSpace:
-    """The search space of a run."""
-    s = cfg.space
-    families = tuple(s.families) if s.families else FAMILIES
-    space_cfg = SpaceConfig(kernel_sizes=tuple(s.kernel_sizes), dilations=tuple(s.dilations), shifts=tuple(s.shifts),
-                            families=families, max_width=s.max_width, max_steps=s.max_steps, min_steps=s.min_steps)
-    return SearchSpace(placements, budget, space_cfg, SolverConfig(seed=cfg.seed))
+class BestMetrics(Callback):
+    """Logs the best kernel's figures so far: ``search/best_speedup``, ``search/best_accuracy``...
+
+    The best kernel is the successful one with the highest reward; its metrics
+    (those of ``speedup``, ``accuracy``, ``flops_ratio``, ``params_ratio`` it has)
+    are logged after every evaluation, at ``step = evaluations done``.
+
+    Args:
+        tracker: the run's tracker.
+        initial: records seen before (a resumed run's leaderboard), not logged again.
+    """
+
+    KEYS = ("speedup", "accuracy", "flops_ratio", "params_ratio")
+
+    def __init__(self, tracker: Any, initial: Sequence[ResultRecord] = ()) -> None:
+        self.tracker = tracker
+        self.best_reward = -math.inf
+        self.best: dict = {}
+        for record in initial:
+            self._update(record)
+
+    def _update(self, record: ResultRecord) -> None:
+        r = record.result
+        if r.status.is_ok() and r.reward > self.best_reward:
+            self.best_reward = r.reward
+            self.best = {f"search/best_{k}": float(v) for k in self.KEYS if _finite(v := r.metrics.get(k))}
+
+    def on_result(self, record: ResultRecord) -> bool:
+        """Update the best kernel's figures and log them."""
+        self._update(record)
+        if self.best:
+            self.tracker.log(self.best, step=record.index)
+        return True
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return not isinstance(value, (bool, str)) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def make_space(cfg: RunConfig, placements, budget, latency=None) -> SearchSpace:
+    """The search space of a run (``latency``: the model ``budget.latency`` is measured with)."""
+    return SearchSpace(placements, budget, cfg.space, SolverConfig(seed=cfg.seed), latency=latency)
 
 
 def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strategy: str):
@@ -133,7 +174,7 @@ class Run:
 
         self.cfg = cfg
         self.strategy = strategy
-        self.task = load_task(cfg.task)
+        self.task = load_task(cfg.task, overrides=cfg.task_overrides)
         if resume_dir is not None:
             self.dir = Path(resume_dir)
             if not (self.dir / "config.yaml").is_file():
@@ -156,7 +197,8 @@ class Run:
             self.tracker = Tracker.start(cfg.wandb.project, self.name, cfg.wandb.group or None, to_dict(cfg), str(self.dir),
                                          cfg.wandb.mode or None)
         self.top = TopKernels(cfg.top_k)
-        callbacks = [TrackerCallback(self.tracker), self.top]
+        self.best = BestMetrics(self.tracker)
+        callbacks = [TrackerCallback(self.tracker), self.top, self.best]
         self._progress = progress
         self.evaluator = BudgetedEvaluator(make_evaluator(cfg, self.task, self.placements, self.store, self.name, strategy),
                                            cfg.budget.evaluations, cfg.budget.seconds, callbacks)
@@ -187,6 +229,8 @@ class Run:
             state = pickle.load(f)  # noqa: S301 - our own checkpoint, written by save_checkpoint
         self.evaluator.load_state_dict(state["budget"])
         self.top.load_state_dict(state["top"])
+        self.best = BestMetrics(self.tracker, self.top.best())
+        self.evaluator.callbacks = [cb for cb in self.evaluator.callbacks if not isinstance(cb, BestMetrics)] + [self.best]
         return state["strategy"]
 
     # -- the end ------------------------------------------------------------------------

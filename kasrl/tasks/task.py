@@ -70,8 +70,8 @@ __all__ = [
     "resolve_device",
 ]
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "tasks"
-"""Where bare task names are looked up: ``configs/tasks/<name>.yaml`` in the repository."""
+TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "tasks"
+"""Where bare task names are looked up: ``kasrl/configs/tasks/<name>.yaml``, shipped with the package."""
 
 FINGERPRINT_VERSION = 3  # 2: negative measured rewards squashed above reward.floor; 3: speed read at a low quantile of per-call times
 """Bumped whenever the meaning of a task field changes, so old fingerprints stop matching."""

@@ -18,19 +18,20 @@ import envs
 import train_agent
 from agents.callbacks import StopOnBudget, TrainMetrics
 from agents.features import FactoredActionHead, GraphFeaturesExtractor, action_index
-from agents.ppo import BudgetGuard, KernelPPO, PPOConfig, RepeatPenalty, make_agent, make_vec_env
+from agents.ppo import BudgetGuard, KernelPPO, RepeatPenalty, make_agent, make_vec_env
 from kasrl.errors import ConfigError
 from kasrl.eval.base import AnalyticEvaluator
 from kasrl.eval.task_space import task_search_setup
 from kasrl.experiment.budget import BudgetedEvaluator
-from kasrl.experiment.config import load_config
+from kasrl.experiment.config import RunConfig, load_config
 from kasrl.experiment.run import Run, make_space
+from kasrl.strategy import make_options
 from kasrl.tasks import load_task
 from kasrl.tracking import NullTracker
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["fidelity=analytic", "wandb.mode=disabled", "space.max_steps=10", "ppo.n_envs=2", "ppo.n_steps=8", "ppo.batch_size=8",
-        "ppo.n_epochs=2", "ppo.hidden=16", "ppo.checkpoint_every=4", "top_k=2"]
+TINY = ["fidelity=analytic", "wandb.mode=disabled", "space.max_steps=10", "options.n_envs=2", "options.n_steps=8", "options.batch_size=8",
+        "options.n_epochs=2", "options.hidden=16", "checkpoint_every=4", "top_k=2"]
 
 
 def _tiny(tmp: Path, *more: str) -> list:
@@ -64,7 +65,7 @@ def test_short_run_checkpoints_and_resume_continues_the_evaluation_count(trained
 
 def test_saved_policy_never_picks_a_masked_action(trained):
     run_dir = trained[0]
-    cfg = load_config(PPOConfig, run_dir / "config.yaml")
+    cfg = load_config(RunConfig, run_dir / "config.yaml")
     placements, budget = task_search_setup(load_task(cfg.task))
     space = make_space(cfg, placements, budget)
     agent = KernelPPO.load(run_dir / "ppo_agent.zip", device="cpu")
@@ -85,7 +86,7 @@ def test_saved_policy_never_picks_a_masked_action(trained):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("ppo.hiden=32", "ppo.hiden"), ("budget.evaluations=many", "budget.evaluations"), ("ppo.policy=cnn", "ppo.policy")],
+    [("options.hiden=32", "options.hiden"), ("budget.evaluations=many", "budget.evaluations"), ("options.policy=cnn", "options.policy")],
 )
 def test_bad_config_is_one_line_naming_the_key_and_status_2(tmp_path, override, key):
     r = subprocess.run([sys.executable, str(ROOT / "train_agent.py"), override], capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -97,17 +98,21 @@ def test_bad_config_is_one_line_naming_the_key_and_status_2(tmp_path, override, 
 
 @pytest.mark.parametrize(
     "override, message",
-    [("ppo.batch_size=1000", "`ppo.batch_size` 1000 exceeds a rollout (ppo.n_envs * ppo.n_steps = 64)"),
-     ("ppo.gamma=1.5", "`ppo.gamma` must be in [0, 1], got 1.5"), ("ppo.n_envs=0", "`ppo.n_envs` must be at least 1, got 0"),
-     ("ppo.checkpoint_every=-1", "`ppo.checkpoint_every` must be >= 0, got -1")],
+    [({"batch_size": 1000}, "`options.batch_size` 1000 exceeds a rollout (options.n_envs * options.n_steps = 64)"),
+     ({"gamma": 1.5}, "`options.gamma` must be in [0, 1], got 1.5"), ({"n_envs": 0}, "`options.n_envs` must be at least 1, got 0")],
 )
 def test_bad_ppo_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(PPOConfig, ROOT / "configs" / "ppo.yaml", [override])
+        make_options("ppo", override)
+
+
+def test_checkpoint_every_is_checked():
+    with pytest.raises(ConfigError, match=re.escape("`checkpoint_every` must be >= 0, got -1")):
+        load_config(RunConfig, ROOT / "kasrl" / "configs" / "ppo.yaml", ["checkpoint_every=-1"])
 
 
 def test_budget_guard_truncates_instead_of_evaluating_past_the_budget():
-    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    cfg = load_config(RunConfig, None, ["space.max_steps=6"])
     placements, budget = task_search_setup(load_task(cfg.task))
     space = make_space(cfg, placements, budget)
     ev = BudgetedEvaluator(AnalyticEvaluator(placements), evaluations=1)
@@ -141,7 +146,7 @@ class _Batches(AnalyticEvaluator):
 
 
 def test_episodes_ending_on_the_same_step_are_evaluated_together_and_paid_once():
-    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    cfg = load_config(RunConfig, None, ["space.max_steps=6"])
     placements, budget = task_search_setup(load_task(cfg.task))
     space = make_space(cfg, placements, budget)
     inner = _Batches(placements)
@@ -159,7 +164,7 @@ def test_episodes_ending_on_the_same_step_are_evaluated_together_and_paid_once()
 
 
 def test_repeat_penalty_lowers_the_reward_of_a_kernel_seen_before():
-    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    cfg = load_config(RunConfig, None, ["space.max_steps=6"])
     placements, budget = task_search_setup(load_task(cfg.task))
     space = make_space(cfg, placements, budget)
     seen: set = set()
@@ -187,10 +192,10 @@ class _Recorder(NullTracker):
 
 @pytest.mark.parametrize("policy", ["graph", "mlp"])
 def test_training_metrics_reach_the_tracker_at_the_evaluation_count(tmp_path, policy):
-    cfg = load_config(PPOConfig, None, _tiny(tmp_path, "budget.evaluations=8", f"ppo.policy={policy}"))
+    cfg = load_config(RunConfig, None, _tiny(tmp_path, "budget.evaluations=8", f"options.policy={policy}"))
     run = Run(cfg, "ppo", tracker=False, progress=False)
     rec = _Recorder()
-    agent = make_agent(make_vec_env(run.space, run.evaluator, 2, 0), cfg.ppo, 0, run.space)
+    agent = make_agent(make_vec_env(run.space, run.evaluator, 2, 0), make_options("ppo", cfg.options), 0, run.space)
     agent.learn(10**9, callback=[StopOnBudget(run.evaluator), TrainMetrics(rec, lambda: run.evaluator.spent)])
     run.close()
     assert run.evaluator.spent == 8
@@ -234,8 +239,8 @@ def test_factored_action_head_shares_families_and_starts_uniform_over_families()
 @pytest.mark.slow
 def test_default_measured_fidelity_runs_end_to_end(tmp_path):
     """Real training and latency, three evaluations on the small digits task."""
-    argv = ["task=digits_cnn", "wandb.mode=disabled", "budget.evaluations=3", "ppo.n_envs=2", "ppo.n_steps=8", "ppo.batch_size=8",
-            f"out={tmp_path}", f"store={tmp_path}/results.db"]
+    argv = ["task=digits_cnn", "wandb.mode=disabled", "budget.evaluations=3", "options.n_envs=2", "options.n_steps=8",
+            "options.batch_size=8", f"out={tmp_path}", f"store={tmp_path}/results.db"]
     assert train_agent.main(argv) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     history = json.loads((run_dir / "history.json").read_text())
@@ -244,7 +249,7 @@ def test_default_measured_fidelity_runs_end_to_end(tmp_path):
 
 
 def test_time_running_out_while_peeking_truncates_instead_of_raising(monkeypatch):
-    cfg = load_config(PPOConfig, None, ["space.max_steps=6"])
+    cfg = load_config(RunConfig, None, ["space.max_steps=6"])
     placements, budget = task_search_setup(load_task(cfg.task))
     space = make_space(cfg, placements, budget)
     ev = BudgetedEvaluator(AnalyticEvaluator(placements), evaluations=10)
