@@ -1,73 +1,121 @@
-"""Benchmark: microseconds to enumerate the legal actions of a state and to apply one.
+"""Benchmark: microseconds to compute the exact action mask of a state and to apply one action.
 
-    python bench/ir.py [--states 60] [--seed 0]
+    python bench/ir.py [--episodes 40] [--warm 300] [--processes 4] [--seed 0] [--latency]
 
-Single-threaded. States are drawn by random rollouts to 5, 10 and 20 primitives at
-ResNet-18's four placements. "Enumerate" is computing the exact action mask of a
-state (every action's legality, completability included); "apply" is taking one
-legal action. Cold: a fresh search space (empty caches); warm: after the
-same space has served a few hundred states (the steady state of a search).
+Single-threaded, allocator pinned, ResNet-18's four placements. Every figure times
+a state the search space has never decided before (no verdict replayed from a
+memo for the same state), bucketed by the state's actions taken (around 5, 10 and
+20):
+
+* **cold**: in a fresh Python process (no module-level caches: effect ids,
+  compiled monomials, CP-SAT value tables), the masks of the states along the
+  first ``--episodes`` random episodes, as the search meets them;
+* **steady state**: in one process, after ``--warm`` random episodes, the masks of
+  the states along ``--episodes`` new episodes (other seeds), as a long search
+  meets new states.
+
+"Apply" is taking one legal action from such a state. With ``--latency`` the space
+has a latency budget (a planted per-op model: every action is then checked, forks
+included).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from common import device_line, med, pct, setup
 
+BUCKETS = ((4, 6, "~5"), (9, 11, "~10"), (18, 22, "~20"))
 
-def states_at(space, n: int, count: int, rng: random.Random) -> list:
+
+def _space(latency: bool):
+    from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget
+    from kasrl.space import SearchSpace
+
+    if not latency:
+        return SearchSpace(RESNET18_PLACEMENTS)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.helpers import PlantedLatency
+
+    return SearchSpace(RESNET18_PLACEMENTS, Budget(latency=1.0), latency=PlantedLatency(fixed=20_000, per_byte=2))
+
+
+def _episodes(space, n: int, seed: int, timed: bool) -> list:
+    """Random episodes; when ``timed``, ``(steps, mask us, apply us)`` of each new state."""
     import numpy as np
 
-    out = []
-    while len(out) < count:
-        g = space.reset()
-        while g.steps < n:
-            mask = space.action_mask(g)
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        s = space.reset()
+        target = rng.randint(5, 22)
+        while s.steps < target:
+            t = time.perf_counter()
+            mask = space.action_mask(s)
+            mask_us = (time.perf_counter() - t) * 1e6
             legal = [int(a) for a in np.flatnonzero(mask) if a != 0]
-            g = space.apply(g, rng.choice(legal))
-        out.append(g)
-    return out
+            if not legal:
+                break
+            a = rng.choice(legal)
+            t = time.perf_counter()
+            s = space.apply(s, a)
+            apply_us = (time.perf_counter() - t) * 1e6
+            if timed:
+                rows.append((s.steps - 1, mask_us, apply_us))
+    return rows
 
 
-def fresh_copy(space, g):
-    c = g.copy()
-    space.oracle.set_witness(c, g.witness, g.witness_costs, g.domains)
-    return c
+def _child(args) -> None:
+    """One fresh process: the cold masks of its first episodes, as JSON on stdout."""
+    setup()
+    print(json.dumps(_episodes(_space(args.latency), args.episodes, args.seed, timed=True)))
+
+
+def _report(label: str, rows: list) -> None:
+    for lo, hi, name in BUCKETS:
+        sel = [r for r in rows if lo <= r[0] <= hi]
+        if not sel:
+            continue
+        m = [r[1] for r in sel]
+        a = [r[2] for r in sel]
+        print(f"{label:>14} {name:>4} actions: mask {med(m):>8.0f} us (p90 {pct(m, 90):>7.0f}), apply {med(a):>6.0f} us "
+              f"(p90 {pct(a, 90):>6.0f}); {len(sel)} states")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--states", type=int, default=60)
+    ap.add_argument("--episodes", type=int, default=40)
+    ap.add_argument("--warm", type=int, default=300)
+    ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency", action="store_true")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        _child(args)
+        return
     fp = setup()
-    from kasrl.space import SearchSpace
-
     print(device_line(fp))
-    print(f"{'primitives':>10} {'cache':>5} {'enumerate us (median / p90)':>30} {'apply us (median / p90)':>26} {'legal actions':>14}")
-    for n in (5, 10, 20):
-        for cache in ("cold", "warm"):
-            space = SearchSpace()
-            rng = random.Random(args.seed + n)
-            states = states_at(space, n, args.states, rng)  # this also warms the caches
-            if cache == "cold":
-                space = SearchSpace()
-            enum_us, apply_us, legal = [], [], []
-            for g in states:
-                c = fresh_copy(space, g)
-                t = time.perf_counter()
-                mask = space.action_mask(c)
-                enum_us.append((time.perf_counter() - t) * 1e6)
-                choices = [int(a) for a in mask.nonzero()[0] if a != 0]
-                legal.append(len(choices) + int(mask[0]))
-                a = rng.choice(choices)
-                t = time.perf_counter()
-                space.apply(c, a)
-                apply_us.append((time.perf_counter() - t) * 1e6)
-            print(f"{n:>10} {cache:>5} {med(enum_us):>14.0f} / {pct(enum_us, 90):<13.0f} {med(apply_us):>12.0f} / {pct(apply_us, 90):<11.0f} {med(legal):>14.0f}")
+    cold: list = []
+    for k in range(args.processes):
+        cmd = [sys.executable, __file__, "--child", "--episodes", str(args.episodes), "--seed", str(args.seed + 1000 * k)]
+        if args.latency:
+            cmd.append("--latency")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cold += json.loads(out.stdout.strip().splitlines()[-1])
+    _report(f"cold ({args.processes} fresh processes)", cold)
+    space = _space(args.latency)
+    t = time.perf_counter()
+    _episodes(space, args.warm, args.seed + 1, timed=False)
+    warm_s = time.perf_counter() - t
+    steady = _episodes(space, args.episodes, args.seed + 2, timed=True)
+    _report(f"steady (after {args.warm} episodes, {warm_s:.0f} s)", steady)
 
 
 if __name__ == "__main__":

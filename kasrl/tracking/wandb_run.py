@@ -98,6 +98,11 @@ class NullTracker:
         self._step: int | None = None
         self._finished = False
 
+    @property
+    def run_dir(self) -> Path | None:
+        """Where the run's files are (None: this tracker writes nothing)."""
+        return None
+
     @classmethod
     def start(
         cls: type[T],

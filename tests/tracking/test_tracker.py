@@ -162,10 +162,19 @@ def test_both_trackers_check_their_arguments(cls, wandb_env, image):
         tracker.summary({"x": 1})
 
 
-def test_null_tracker_is_a_drop_in():
-    with NullTracker.start("p", "n", group="g", config={"a": 1}, dir="/nonexistent", mode="offline") as tracker:
+def test_null_tracker_is_a_drop_in(tmp_path, image):
+    """It takes every call the tracker takes, checks the same arguments, and writes nothing anywhere."""
+    with NullTracker.start("p", "n", group="g", config={"a": 1}, dir=tmp_path / "runs", mode="offline") as tracker:
         tracker.log({"search/best_reward": 1.0}, step=0)
+        tracker.log_table("search/top", ["a"], [[1]])
+        tracker.log_image("search/pareto", image)
         tracker.summary({"search/best_reward": 1.0})
+        assert tracker.run_dir is None
+        with pytest.raises(ValueError, match="`step` must be the number of evaluations done"):
+            tracker.log({"x": 1.0}, step=-1)
+    assert not (tmp_path / "runs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png"]
+    with pytest.raises(RuntimeError, match="finished"):
+        tracker.log({"search/best_reward": 1.0}, step=1)
 
 
 def test_importing_tracking_does_not_import_wandb():
