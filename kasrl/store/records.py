@@ -55,10 +55,21 @@ class Status(IntEnum):
     TIMEOUT = 4
     OOM = 5
     CRASH = 6
+    SCREENED_SLOW = 7
+    SCREENED_ACCURACY = 8
 
     def is_ok(self) -> bool:
         """Whether the evaluation passed every stage."""
         return self is Status.OK
+
+    def is_screened(self) -> bool:
+        """Whether a multi-fidelity ladder stopped the kernel early: it ran, but could
+        no longer beat the run's threshold (on speed, or on accuracy)."""
+        return self in (Status.SCREENED_SLOW, Status.SCREENED_ACCURACY)
+
+    def is_failure(self) -> bool:
+        """Whether the kernel failed a stage (neither ok nor screened)."""
+        return not (self.is_ok() or self.is_screened())
 
     @property
     def label(self) -> str:
