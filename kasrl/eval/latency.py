@@ -13,7 +13,8 @@ Rules (DESIGN section 6), all applied here:
   swung a 3x3 convolution between 4 and 10 ms here). :func:`pinned_env` gives
   that environment for a child process, :func:`ensure_pinned` re-executes the
   current script with it;
-* on CUDA, CUDA events around each call.
+* on CUDA, CUDA events around each call, on the device the worker pinned
+  (``torch.cuda.set_device``: events and ``synchronize`` act on the current device).
 
 **Which statistic.** On these shared 2-core machines the noise is the host, not
 the process: a pure-Python loop's per-call time swings between 1x and 2x in
@@ -34,16 +35,22 @@ stand-in for the full run's repeatability: each fifth has fewer calls).
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
+
+from kasrl.eval.locks import cuda_index, physical_gpu
 
 __all__ = [
     "MALLOC_ENV",
@@ -51,6 +58,9 @@ __all__ = [
     "allocator_pinned",
     "ensure_pinned",
     "device_fingerprint",
+    "hardware_key",
+    "describe_device",
+    "HARDWARE_FIELDS",
     "Timing",
     "time_pair",
     "conv3x3",
@@ -89,18 +99,92 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_fingerprint(device: str = "cpu") -> dict:
-    """CPU model or GPU name, torch version, threads and allocator pinning."""
+def _nvidia_driver() -> str:
+    """The NVIDIA kernel driver's version ("" when there is none to read)."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            found = re.search(r"Kernel Module\s+(\S+)", f.read())
+            if found:
+                return found.group(1)
+    except OSError:
+        pass
+    try:
+        import pynvml  # nvidia-ml-py, where it is installed
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # noqa: BLE001 - not installed, or no driver: the version is unknown
+        return ""
+
+
+#: The fields of a device fingerprint that decide whether two timings are comparable (its ``hardware`` key).
+#: The host CPU counts on a GPU too: at small batch a GPU waits for the host to launch its kernels.
+HARDWARE_FIELDS = ("kind", "name", "cpu", "gpu", "capability", "cuda", "driver", "torch", "dtype", "threads")
+
+
+def hardware_key(fingerprint: dict) -> str:
+    """A short digest of the fingerprint's :data:`HARDWARE_FIELDS`: results with another key were measured elsewhere."""
+    text = json.dumps({k: fingerprint.get(k) for k in HARDWARE_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def device_fingerprint(device: Any = "cpu", dtype: str = "fp32", threads: int | None = None) -> dict:
+    """Where timings come from, as plain values, with its ``hardware`` key (:func:`hardware_key`).
+
+    Args:
+        device: the device timed on (``"cpu"``, ``"cuda:1"`` or a ``torch.device``).
+        dtype: the task's ``latency.dtype``.
+        threads: torch threads while timing (None: this process's current count).
+
+    Returns:
+        ``kind`` (cpu or cuda), ``device``, ``name`` (the GPU's name, else the
+        CPU model), ``cpu``, ``torch``, ``dtype``, ``threads``,
+        ``allocator_pinned``; on CUDA also ``gpu``, ``gpu_id`` (the physical
+        GPU: its ``CUDA_VISIBLE_DEVICES`` entry), ``cuda_visible_devices``,
+        ``capability``, ``cuda`` (the CUDA version torch was built with) and
+        ``driver``; and ``hardware``.
+    """
+    cpu = _cpu_model()
+    on_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     out = {
-        "device": device,
-        "cpu": _cpu_model(),
+        "kind": "cuda" if on_cuda else "cpu",
+        "device": str(device),
+        "name": cpu,
+        "cpu": cpu,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "threads": int(threads if threads is not None else torch.get_num_threads()),
         "allocator_pinned": allocator_pinned(),
     }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    if on_cuda:
+        index = cuda_index(device)
+        out["gpu"] = out["name"] = torch.cuda.get_device_name(index)
+        out["gpu_id"] = physical_gpu(index)
+        out["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        try:
+            out["capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
+        except Exception:  # noqa: BLE001 - a device that cannot say; the name still tells it apart
+            out["capability"] = ""
+        out["cuda"] = torch.version.cuda or ""
+        out["driver"] = _nvidia_driver()
+    out["hardware"] = hardware_key(out)
     return out
+
+
+def describe_device(fp: dict) -> str:
+    """One line for people: what a fingerprint (:func:`device_fingerprint`, or an older one) says."""
+    if not fp:
+        return "unknown (not recorded)"
+    if fp.get("gpu"):
+        bits = [fp.get("device", "cuda"), f"GPU {fp.get('gpu_id', '?')}"]
+        bits += [f"CUDA {fp['cuda']}"] if fp.get("cuda") else []
+        bits += [f"driver {fp['driver']}"] if fp.get("driver") else []
+        head = f"{fp['gpu']} ({', '.join(bits)}), host {fp.get('cpu', '?')}"
+    else:
+        head = f"{fp.get('cpu', '?')} ({fp.get('device', 'cpu')})"
+    return (f"{head} | torch {fp.get('torch', '?')} | {fp.get('dtype', 'fp32')} | {fp.get('threads', '?')} threads | "
+            f"hardware {fp.get('hardware') or 'unkeyed'}")
 
 
 @dataclass(frozen=True)

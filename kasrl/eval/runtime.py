@@ -20,10 +20,27 @@ from kasrl.errors import KasrlError
 from kasrl.eval.locks import ComputeSlots
 from kasrl.placeholders import fill_placeholders, placeholders
 from kasrl.solver.budget import Placement
-from kasrl.tasks import build_task_network, latency_placements, load_dataset, resolve_device, task_placements
+from kasrl.tasks import build_task_network, check_device_options, latency_placements, load_dataset, resolve_device, task_placements
 from kasrl.tasks import Task, task_input_shape
 
-__all__ = ["TaskRuntime", "TrainOutcome", "NumericsError", "StageTimeout", "train_and_test"]
+__all__ = ["TaskRuntime", "TrainOutcome", "NumericsError", "StageTimeout", "train_and_test", "pin_device"]
+
+
+def pin_device(device: str | torch.device) -> torch.device:
+    """Make ``device`` this process's current device, and return it with its index.
+
+    On CUDA, ``torch.cuda.set_device``: CUDA events, ``torch.cuda.synchronize()``
+    and new streams act on the *current* device, so a worker given ``cuda:1`` that
+    did not pin it would time cuda:0's (idle) stream and measure host dispatch.
+    ``"cuda"`` alone becomes the current device (the first one visible: under Ray,
+    the GPU ``CUDA_VISIBLE_DEVICES`` gave the actor). Other devices are returned as they are.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 class NumericsError(KasrlError):
@@ -64,9 +81,22 @@ class TaskRuntime:
         search_placements: where the placeholders are in the network.
         timed_placements: where kernel-level latency is measured.
         placeholder_names: the network's placeholder layers.
+        hardware: the device fingerprint every outcome of this worker records
+            (:func:`kasrl.eval.latency.device_fingerprint`; computed once).
+
+    Args:
+        task: the task, its name, YAML path or plain dict.
+        device: run here instead of the task's device (e.g. ``"cuda:1"``: one GPU
+            per worker). The device is pinned (:func:`pin_device`) before anything
+            else touches it.
+
+    Raises:
+        ConfigError: when the device is not available, or lacks an option the
+            task asks for (fp16, CUDA graphs: CUDA only).
     """
 
-    def __init__(self, task: Task | str | dict) -> None:
+    def __init__(self, task: Task | str | dict, device: str | torch.device | None = None) -> None:
+        from kasrl.eval.latency import device_fingerprint
         from kasrl.tasks import load_task, task_from_dict
 
         if isinstance(task, str):
@@ -74,7 +104,12 @@ class TaskRuntime:
         elif isinstance(task, dict):
             task = task_from_dict(task)
         self.task = task
-        self.device = resolve_device(self.task)
+        if device is None:
+            device = resolve_device(self.task)
+        else:
+            check_device_options(self.task, device)
+        self.device = pin_device(device)
+        self.hardware = device_fingerprint(self.device, self.task.latency.dtype, self.task.latency.threads)
         self.data = load_dataset(self.task.dataset)
         model, self.placeholder_names = build_task_network(self.task)
         self.search_placements = task_placements(self.task, model)
@@ -158,7 +193,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
 def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | None = None, threads: int | None = None) -> TrainOutcome:
     """Train ``model`` with the task's recipe, then test it.
 
-    Stops early (``pruned``) when the running loss is above a milestone
+    Each step holds the device's timing lock shared
+    (:class:`~kasrl.eval.locks.ComputeSlots`): on a GPU that GPU's lock, on the CPU
+    the machine-wide one. Stops early (``pruned``) when the running loss is above a milestone
     ``(fraction of training, max loss)``.
 
     Raises:
@@ -172,7 +209,7 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
     torch.set_num_threads(threads or training_threads())
     limit = min(x for x in (time_limit, recipe.max_train_seconds, math.inf) if x is not None)
     start = time.perf_counter()
-    slots = ComputeSlots()  # each step holds the timing lock shared: a neighbour's timing never overlaps it
+    slots = ComputeSlots(device=device)  # each step holds the device's timing lock shared: a neighbour's timing never overlaps it
     try:
         model.to(device).train()
         opt = _optimizer(model.parameters(), recipe)

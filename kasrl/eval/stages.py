@@ -6,13 +6,15 @@
                 within the task's budget at every placement;
 3. ``latency``  the kernel against the 3x3 convolution at each timed placement,
                 and the whole network against the baseline network, in the
-                same process, interleaved, under the machine-wide timing lock;
+                same process, interleaved, under the timing lock of the device
+                (machine-wide on the CPU, one per GPU);
 4. ``accuracy`` train the network with the kernel in every placeholder on the
                 task's recipe and test it; stop early on NaN or a loss milestone.
 
 :func:`run_stages` returns a :class:`~kasrl.eval.outcome.StageOutcome` (it
 crosses process boundaries as ``to_dict()``). The reward is computed by the
-caller, which knows the baseline's accuracy.
+caller, which knows the baseline's accuracy. Every outcome the stages make says
+where they ran (``device``: the worker's :attr:`~kasrl.eval.runtime.TaskRuntime.hardware`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from kasrl.eval.latency import conv3x3, device_fingerprint, time_pair
+from kasrl.eval.latency import conv3x3, time_pair
 from kasrl.eval.locks import ComputeSlots, timing_lock
 from kasrl.eval.outcome import StageOutcome
 from kasrl.eval.runtime import NumericsError, StageTimeout, TaskRuntime, train_and_test
@@ -36,7 +38,7 @@ __all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "run_job", 
 
 STAGES = ("build", "budget", "latency", "accuracy")
 
-#: Reported while the latency stage waits for the machine-wide timing lock.
+#: Reported while the latency stage waits for its device's timing lock.
 TIMING_QUEUE = "timing_queue"
 
 
@@ -109,7 +111,7 @@ def _finite(t: torch.Tensor | None) -> bool:
 
 def _stage_build(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
     deadline = time.perf_counter() + rt.task.timeouts.build_s
-    with ComputeSlots() as slots:
+    with ComputeSlots(device=rt.device) as slots:
         for p in rt.placements:
             with slots.step():  # never while a neighbour times
                 _build_at(rt, kernel, p)
@@ -164,10 +166,10 @@ def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Ca
     logs = []
     if report is not None:
         report(TIMING_QUEUE)  # waiting for neighbours' timing is not this kernel's latency stage
-    with timing_lock():
+    with timing_lock(device=rt.device):
         if report is not None:
             report("latency")  # its time limit starts now
-        deadline = time.perf_counter() + rt.task.timeouts.latency_s  # from when the machine is ours
+        deadline = time.perf_counter() + rt.task.timeouts.latency_s  # from when the device is ours
         timings_left = len(rt.timed_placements) + 1  # each placement, then the network
         for p in rt.timed_placements:
             x = torch.randn(spec.batch, p.c, p.h, p.w, device=rt.device)
@@ -226,16 +228,17 @@ def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None]
                 problem = _stage_budget(rt, kernel, metrics)
                 if problem:
                     return StageOutcome.failure(Status.BUDGET_VIOLATION, problem, stage=name, seconds=time.perf_counter() - start,
-                                                metrics=metrics, stages=stages)
+                                                metrics=metrics, stages=stages, device=rt.hardware)
             elif name == "latency":
                 _stage_latency(rt, kernel, metrics, report)
             else:
                 _stage_accuracy(rt, kernel, metrics)
         except Exception as e:  # noqa: BLE001 - every failure becomes a typed outcome
             status, cause = classify(name, e)
-            return StageOutcome.failure(status, cause, stage=name, seconds=time.perf_counter() - start, metrics=metrics, stages=stages)
+            return StageOutcome.failure(status, cause, stage=name, seconds=time.perf_counter() - start, metrics=metrics, stages=stages,
+                                        device=rt.hardware)
         stages[name] = {"outcome": "ok", "seconds": time.perf_counter() - start}
-    return StageOutcome(Status.OK, "", metrics, stages, device_fingerprint(str(rt.device)))
+    return StageOutcome(Status.OK, "", metrics, stages, dict(rt.hardware))
 
 
 def run_baseline(rt: TaskRuntime) -> StageOutcome:
@@ -249,9 +252,9 @@ def run_baseline(rt: TaskRuntime) -> StageOutcome:
         out = train_and_test(rt, rt.network(None), rt.task.timeouts.train_s)
     except Exception as e:  # noqa: BLE001 - the evaluator raises with this cause
         status, cause = classify("baseline", e)
-        return StageOutcome.failure(status, cause)
+        return StageOutcome.failure(status, cause, device=rt.hardware)
     metrics = {"accuracy": out.accuracy, "train_seconds": out.seconds, "train_loss": out.final_loss}
-    return StageOutcome(Status.OK, "", metrics, {"baseline": {"outcome": "ok", "seconds": time.perf_counter() - start}})
+    return StageOutcome(Status.OK, "", metrics, {"baseline": {"outcome": "ok", "seconds": time.perf_counter() - start}}, dict(rt.hardware))
 
 
 def run_job(rt: TaskRuntime, kind: str, payload: dict | None, report: Callable[[str], None] | None = None,
@@ -273,5 +276,5 @@ def run_job(rt: TaskRuntime, kind: str, payload: dict | None, report: Callable[[
     try:
         kernel = kernel_from_payload(payload)
     except Exception as e:  # noqa: BLE001 - a kernel that cannot be loaded is the kernel's failure
-        return StageOutcome.failure(Status.BUILD_ERROR, f"load: {type(e).__name__}: {e}")
+        return StageOutcome.failure(Status.BUILD_ERROR, f"load: {type(e).__name__}: {e}", device=getattr(rt, "hardware", None))
     return run_stages(rt, kernel, report=report, skip=skip)

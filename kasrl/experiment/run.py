@@ -95,7 +95,7 @@ def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strateg
 
         isolation = "inline" if cfg.executor == "inline" else "process"
         workers = 1 if isolation == "inline" else cfg.workers
-        first = MeasuredEvaluator(task, store, isolation=isolation, run_id=run_id, strategy=strategy)
+        first = MeasuredEvaluator(task, store, isolation=isolation, run_id=run_id, strategy=strategy, device=_gpu_for(0))
         first.baseline()  # train the baseline once, before any worker needs it
 
         def worker(i: int):
@@ -108,7 +108,7 @@ def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strateg
 
 
 def _gpu_for(i: int) -> str | None:
-    """Pin worker ``i`` to its own GPU when there are several."""
+    """Pin worker ``i`` to its own GPU when there are several (its child calls ``torch.cuda.set_device``)."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.device_count() > 1:
