@@ -197,7 +197,7 @@ def test_the_latency_stage_times_under_its_devices_lock(monkeypatch, lock_base):
         yield
 
     monkeypatch.setattr(stages, "timing_lock", recording_lock)
-    monkeypatch.setattr(stages, "time_pair", lambda *a, **k: Timing(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 5))
+    monkeypatch.setattr(stages, "time_prepared", lambda pair, *a, **k: Timing(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 5))
     rt = TaskRuntime(load_task("digits_cnn"))
     stages._stage_latency(rt, ConvKernel(), {})
     assert devices == ["cpu"]
