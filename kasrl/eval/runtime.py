@@ -6,6 +6,7 @@ one :class:`TaskRuntime` and evaluates many kernels with it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -177,12 +178,20 @@ def _tensors(split) -> tuple:
     return split
 
 
+def _autocast(recipe, device: torch.device):
+    """The recipe's autocast context on ``device`` (a no-op without a recipe or its ``autocast``)."""
+    if recipe is None or recipe.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.autocast])
+
+
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int, slots: ComputeSlots) -> float:
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int, slots: ComputeSlots,
+              recipe=None) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        with slots.step():
+        with slots.step(), _autocast(recipe, device):
             out = model(x[i : i + batch].to(device))
         if not torch.isfinite(out).all():
             raise NumericsError("the network's test outputs are not finite")
@@ -193,7 +202,8 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
 def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | None = None, threads: int | None = None) -> TrainOutcome:
     """Train ``model`` with the task's recipe, then test it.
 
-    Each step holds the device's timing lock shared
+    Runs under ``torch.autocast`` when the recipe asks (``recipe.autocast``; fp16
+    with a gradient scaler). Each step holds the device's timing lock shared
     (:class:`~kasrl.eval.locks.ComputeSlots`): on a GPU that GPU's lock, on the CPU
     the machine-wide one. Stops early (``pruned``) when the running loss is above a milestone
     ``(fraction of training, max loss)``.
@@ -213,6 +223,7 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
     try:
         model.to(device).train()
         opt = _optimizer(model.parameters(), recipe)
+        scaler = torch.amp.GradScaler(device.type) if recipe.autocast == "fp16" else None  # fp16 gradients underflow unscaled
         x_train, y_train = _tensors(runtime.data.train)
         x_test, y_test = _tensors(runtime.data.test)
         n = len(x_train)
@@ -232,12 +243,18 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
             idx = order[pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
             xb, yb = x_train[idx].to(device), y_train[idx].to(device)
             with slots.step():
-                loss = F.cross_entropy(model(xb), yb)
+                with _autocast(recipe, device):
+                    loss = F.cross_entropy(model(xb), yb)
                 if not torch.isfinite(loss):
                     raise NumericsError(f"the training loss is {loss.item()} at step {step}")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)  # skipped when a gradient overflowed, then the scale is lowered
+                    scaler.update()
                 if schedule is not None:
                     schedule.step()
                 v = loss.item()
@@ -250,7 +267,7 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
                 break
             if time.perf_counter() - start - slots.waited > limit:  # waiting for a neighbour's timing does not count
                 raise StageTimeout(f"training passed its limit of {limit:.0f} s at step {step + 1} of {total}")
-        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256), slots)
+        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256), slots, recipe)
         return TrainOutcome(acc, float(running or 0.0), time.perf_counter() - start, step + 1, pruned)
     finally:
         slots.close()

@@ -214,3 +214,17 @@ def test_a_kernel_that_does_not_compile_fails_typed_and_the_search_goes_on(monke
     ok = ev.evaluate(ConvKernel())
     assert ok.status.is_ok() and "compile_s" in ok.metrics and ok.metrics["speedup"] > 0
 
+
+def test_training_runs_under_the_recipes_autocast(quick_task, tmp_path, monkeypatch):
+    """recipe.autocast: training steps and the test run under autocast."""
+    from kasrl.eval.runtime import train_and_test
+
+    monkeypatch.setenv("KASRL_TIMING_LOCK", str(tmp_path / "timing.lock"))
+    task = task_from_dict(quick_task.to_dict(), overrides={"recipe.autocast": "bf16", "dataset.train_size": 200})
+    rt = TaskRuntime(task)
+    model = rt.network(None)
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append((m.training, torch.is_autocast_enabled("cpu"), out.dtype)))
+    out = train_and_test(rt, model)
+    assert 0 <= out.accuracy <= 100 and out.steps > 0
+    assert (True, True, torch.bfloat16) in seen and (False, True, torch.bfloat16) in seen  # training steps and the test
