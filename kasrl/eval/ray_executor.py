@@ -264,6 +264,17 @@ class RayEvaluator(MeasuredEvaluator):
         """How many times an actor was killed or found dead (and so restarted)."""
         return self.supervisor.restarts
 
+    def device_info(self) -> dict:
+        """The device fingerprint of the first actor (they may differ: see :meth:`hardware_keys`)."""
+        return self._known_device()
+
+    def hardware_keys(self) -> tuple:
+        """The ``hardware`` keys of every actor's device: results measured on any of them may be reused."""
+        return tuple(sorted({s.device["hardware"] for s in self._slots if s.device and s.device.get("hardware")}))
+
+    def _known_device(self) -> dict:
+        return next((dict(s.device) for s in self._slots if s.device), {})
+
     # -- actors ---------------------------------------------------------------------------------
     def _new_actor(self):
         import ray
