@@ -241,7 +241,9 @@ class Run:
             table.add_row(*cells)
             md.append("| " + " | ".join(cells) + " |")
         Console(width=120).print(table)
-        (self.dir / "leaderboard.md").write_text(f"# {self.name}\n\n" + "\n".join(md) + f"\n\nKernels: `{kdir}/`\n")
+        device = _device_line(self.top.best())
+        print(device)
+        (self.dir / "leaderboard.md").write_text(f"# {self.name}\n\n" + "\n".join(md) + f"\n\n{device}\n\nKernels: `{kdir}/`\n")
         print(f"run folder: {self.dir}")
         self.close()
         return rows
@@ -251,6 +253,16 @@ class Run:
         self.evaluator.close()
         self.tracker.finish()
         self.store.close()
+
+
+def _device_line(best) -> str:
+    """Where the leaderboard's figures were measured (each distinct device of its kernels, or why none)."""
+    from kasrl.eval.latency import describe_device
+
+    seen = list(dict.fromkeys(describe_device(rec.result.device) for rec in best if rec.result.device))
+    if not seen:
+        return "device: none recorded (analytic fidelity: hardware-independent)" if best else "device: no kernels"
+    return "device: " + "; ".join(seen)
 
 
 def _fmt(v, unit: str) -> str:
