@@ -39,7 +39,7 @@ def _with(d: dict, dotted: str, value) -> dict:
 
 
 def test_shipped_configs_are_listed():
-    assert {"fashion_mnist_cnn", "digits_cnn", "cifar10_resnet18", "resnet18_imagenet_latency"} <= set(list_tasks())
+    assert {"fashion_mnist_cnn", "digits_cnn", "cifar10_resnet18", "resnet18_imagenet_latency", "cifar10_resnet18_gpu"} <= set(list_tasks())
 
 
 def test_every_shipped_config_starts_with_a_comment():
@@ -331,3 +331,20 @@ def test_cuda_only_options_load_for_cuda_and_auto_and_auto_checks_where_it_runs(
                                                         "(`task.device` is 'auto')")):
             resolve_device(task)
 
+
+def test_the_gpu_task_times_resnet18_as_gpus_deploy_it_on_synthetic_data():
+    """The shipped GPU task: ResNet-18, bf16, channels-last, synthetic data."""
+    task = load_task("cifar10_resnet18_gpu")
+    assert task.device == "cuda" and task.network.name == "resnet18_cifar" and task.dataset.name == "synthetic"
+    assert (task.latency.dtype, task.latency.channels_last, task.recipe.autocast) == ("bf16", True, "bf16")
+    assert task_input_shape(task) == (3, 32, 32)
+    model, names = build_task_network(task)
+    assert len(names) == 13 and task_placements(task, model)[0] == Placement(64, 32, 32)
+    text = (TASKS_DIR / "cifar10_resnet18_gpu.yaml").read_text()
+    assert "cifar10_resnet18.yaml" in text and "chance" in text  # it points to the measured task and says what its accuracy is
+    assert "cifar10_resnet18_gpu.yaml" in (TASKS_DIR / "cifar10_resnet18.yaml").read_text()
+    on_cpu = task_from_dict(task.to_dict(), overrides={"device": "cpu"})  # bf16 and channels-last run on a CPU too
+    assert on_cpu.latency.dtype == "bf16"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=re.escape("`task.device` is 'cuda' but CUDA is not available here")):
+            resolve_device(task)
