@@ -55,7 +55,8 @@ class EvalResult:
         kernel_hash: the evaluated kernel's identity.
         cached: True when the result came from the results store.
         fidelity: ``"analytic"`` or ``"measured"``.
-        device: where it was measured (CPU model or GPU, torch, threads).
+        device: where it was measured: the worker's device fingerprint
+            (:func:`kasrl.eval.latency.device_fingerprint`, with its ``hardware`` key).
     """
 
     status: Status
@@ -91,11 +92,21 @@ class Evaluator(ABC):
     """Turns finished kernels into results; never raises on a bad kernel.
 
     Subclasses implement :meth:`evaluate`. ``fidelity`` names what the reward
-    is made of; ``task_fingerprint`` keys the results cache.
+    is made of; ``task_fingerprint`` keys the results cache, and
+    :meth:`hardware_keys` narrows it to results measured on this evaluator's hardware.
     """
 
     fidelity: str = ""
     task_fingerprint: str = ""
+
+    def hardware_keys(self) -> tuple | None:
+        """The ``hardware`` keys (:func:`kasrl.eval.latency.hardware_key`) of stored results this evaluator may reuse.
+
+        None: its results do not depend on hardware (the analytic fidelity), any
+        stored one will do. A measured evaluator gives its workers' keys (an empty
+        tuple when it cannot say, which reuses nothing).
+        """
+        return None
 
     @abstractmethod
     def evaluate(self, kernel: KernelGraph) -> EvalResult:

@@ -2,10 +2,20 @@
 
 Every evaluation is appended to the store (append-only; a killed search loses at
 most the evaluation in flight), and a kernel this task has already seen, at the
-same fidelity, is answered from the store.
+same fidelity and on the same hardware, is answered from the store.
+
+"The same hardware": every measured result records the device fingerprint of the
+worker that measured it (``device``, :func:`kasrl.eval.latency.device_fingerprint`),
+whose ``hardware`` key covers the CPU model or GPU name, driver and CUDA versions,
+torch version, dtype and threads. A speedup timed on one machine says little about
+another, so with ``device: auto`` a store shared by several machines gives each
+its own results. The analytic fidelity does not depend on hardware and is reused
+anywhere. Rows written before results carried the key never match a measured lookup.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from kasrl.eval.base import EvalResult, Evaluator
 from kasrl.eval.measured import objectives_from
@@ -17,9 +27,11 @@ from kasrl.store.records import EvalRecord
 
 __all__ = ["CachedEvaluator"]
 
+_INNER = object()  # lookup(): ask the inner evaluator for its hardware keys
+
 
 class CachedEvaluator(Evaluator):
-    """Looks kernels up in ``store`` by (task fingerprint, kernel hash, fidelity) before evaluating.
+    """Looks kernels up in ``store`` by (task fingerprint, kernel hash, fidelity, hardware) before evaluating.
 
     Args:
         inner: the evaluator that does the work.
@@ -36,9 +48,20 @@ class CachedEvaluator(Evaluator):
         self.task_fingerprint = inner.task_fingerprint
         self.hits = 0
 
-    def lookup(self, kernel: KernelGraph) -> EvalResult | None:
-        """The stored result for ``kernel`` on this task, if any."""
-        rec = self.store.lookup(self.task_fingerprint, kernel_hash(kernel), fidelity=self.fidelity)
+    def hardware_keys(self) -> tuple | None:
+        """The inner evaluator's (see :meth:`Evaluator.hardware_keys`)."""
+        return self.inner.hardware_keys() if hasattr(self.inner, "hardware_keys") else None
+
+    def lookup(self, kernel: KernelGraph, hardware: Any = _INNER) -> EvalResult | None:
+        """The stored result for ``kernel`` on this task and the inner evaluator's hardware, if any.
+
+        Args:
+            kernel: the kernel.
+            hardware: the hardware keys to accept (default: :meth:`hardware_keys`; None: any).
+        """
+        if hardware is _INNER:
+            hardware = self.hardware_keys()
+        rec = self.store.lookup(self.task_fingerprint, kernel_hash(kernel), fidelity=self.fidelity, hardware=hardware)
         return None if rec is None else self.from_record(rec)
 
     def evaluate(self, kernel: KernelGraph) -> EvalResult:
@@ -52,7 +75,8 @@ class CachedEvaluator(Evaluator):
 
     def evaluate_many(self, kernels) -> list:
         """Answer cached kernels from the store and evaluate the rest together."""
-        out: list = [self.lookup(k) for k in kernels]
+        hardware = self.hardware_keys()
+        out: list = [self.lookup(k, hardware) for k in kernels]
         self.hits += sum(r is not None for r in out)
         todo = [i for i, r in enumerate(out) if r is None]
         if todo:

@@ -42,6 +42,22 @@ class PoolEvaluator(Evaluator):
         for w in self.workers:
             self._idle.put(w)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kasrl-eval")
+        self._hardware: tuple | None = None
+        self._hardware_known = False
+
+    def hardware_keys(self) -> tuple | None:
+        """Every worker's ``hardware`` keys together (None when no worker's results depend on hardware).
+
+        Any worker may get a kernel, so a result measured on any worker's hardware
+        is reused. Asked once (workers start, in parallel, to say where they run);
+        local workers do not change hardware.
+        """
+        if not self._hardware_known:
+            answers = list(self._pool.map(lambda w: w.hardware_keys(), self.workers))
+            known = [a for a in answers if a is not None]
+            self._hardware = None if not known else tuple(sorted({k for a in known for k in a}))
+            self._hardware_known = True
+        return self._hardware
 
     def _one(self, kernel: KernelGraph) -> EvalResult:
         worker = self._idle.get()

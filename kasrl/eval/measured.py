@@ -65,7 +65,11 @@ class MeasuredEvaluator(Evaluator):
         run_id, strategy: written into every record.
         memory_limit: address-space cap of the worker process in bytes.
         skip: stages to leave out (e.g. ``("accuracy",)``).
-        device: override the task's device in the worker (pins a GPU).
+        device: override the task's device in the worker (``"cuda:i"``: the worker pins that GPU).
+
+    Results record where they were measured (``device``, with its ``hardware``
+    key); :meth:`hardware_keys` tells the results cache which stored results
+    were measured on this evaluator's hardware.
     """
 
     fidelity = "measured"
@@ -94,12 +98,36 @@ class MeasuredEvaluator(Evaluator):
     # -- machinery --------------------------------------------------------------------
     @property
     def runtime(self):
-        """The task loaded in this process (inline mode, and for placements)."""
+        """The task loaded in this process (inline mode, and for placements), on ``device`` when one is given."""
         if self._runtime is None:
             from kasrl.eval.runtime import TaskRuntime
 
-            self._runtime = TaskRuntime(self.task)
+            self._runtime = TaskRuntime(self.task, device=self.device)
         return self._runtime
+
+    def device_info(self) -> dict:
+        """The fingerprint of the device this evaluator's stages run on (starting its worker if it has none yet)."""
+        if self.isolation == "inline":
+            return dict(self.runtime.hardware)
+        return dict(self._ensure_worker().start())
+
+    def hardware_keys(self) -> tuple:
+        """The ``hardware`` keys whose results this evaluator may reuse: its worker's (empty when it cannot say)."""
+        key = self.device_info().get("hardware")
+        return (key,) if key else ()
+
+    def _known_device(self) -> dict:
+        """The device fingerprint, if known already (never starts anything)."""
+        if self._runtime is not None:
+            return dict(self._runtime.hardware)
+        return dict(getattr(self._worker, "device_info", None) or {})
+
+    def _ensure_worker(self):
+        if self._worker is None:
+            from kasrl.eval.worker import IsolatedWorker
+
+            self._worker = IsolatedWorker(self.task.to_dict(), stage_limits(self.task.timeouts), self.memory_limit, device=self.device)
+        return self._worker
 
     def _run(self, kind: str, payload) -> StageOutcome:
         """Run one job (``"baseline"``, or ``"eval"`` on ``payload``'s kernel) where this evaluator runs its stages."""
@@ -110,14 +138,11 @@ class MeasuredEvaluator(Evaluator):
                 return run_baseline(self.runtime)
             kernel = payload["kernel"] if "kernel" in payload else GraphKernel(payload["doc"])
             return run_stages(self.runtime, kernel, skip=self.skip)
-        if self._worker is None:
-            from kasrl.eval.worker import IsolatedWorker
-
-            self._worker = IsolatedWorker(self.task.to_dict(), stage_limits(self.task.timeouts), self.memory_limit, device=self.device)
+        worker = self._ensure_worker()
         if kind == "eval":
             payload = {k: v for k, v in payload.items() if k != "kernel"}
             payload["skip"] = list(self.skip)
-        return self._worker.request(kind, payload)
+        return worker.request(kind, payload)
 
     def close(self) -> None:
         """Stop the worker process."""
@@ -133,11 +158,15 @@ class MeasuredEvaluator(Evaluator):
 
     # -- baseline -----------------------------------------------------------------------
     def baseline(self) -> dict:
-        """Accuracy of the unmodified network on this task (trained once, then cached in the store)."""
+        """Accuracy of the unmodified network on this task (trained once per hardware, then cached in the store).
+
+        The cached one is reused only from the same hardware (``hardware_keys``):
+        kernels are compared with a baseline trained as they are.
+        """
         if self._baseline is not None:
             return self._baseline
         if self.store is not None:
-            hit = self.store.lookup(self.task.fingerprint, BASELINE, fidelity=self.fidelity)
+            hit = self.store.lookup(self.task.fingerprint, BASELINE, fidelity=self.fidelity, hardware=self.hardware_keys())
             if hit is not None and hit.status.is_ok():
                 self._baseline = dict(hit.metrics)
                 return self._baseline
@@ -149,8 +178,8 @@ class MeasuredEvaluator(Evaluator):
         if self.store is not None:
             self.store.append(EvalRecord(self.task.fingerprint, BASELINE, '{"baseline": "the unmodified network"}', Status.OK, 0.0,
                                          dict(out.metrics),
-                                         {"accuracy": {"outcome": "ok", "seconds": time.time() - start}}, {}, self.run_id,
-                                         BASELINE, self.fidelity))
+                                         {"accuracy": {"outcome": "ok", "seconds": time.time() - start}},
+                                         dict(out.device or self._known_device()), self.run_id, BASELINE, self.fidelity))
         return self._baseline
 
     # -- evaluation -----------------------------------------------------------------------
@@ -168,7 +197,7 @@ class MeasuredEvaluator(Evaluator):
         if "pruned" in raw.metrics:
             metrics["pruned"] = 1.0
         stages = raw.stages
-        device = raw.device
+        device = raw.device or self._known_device()
         if not status.is_ok():
             return failure(status, raw.cause, self.penalties, metrics=metrics, stages=stages,
                            kernel_hash=kernel_hash, fidelity=self.fidelity, device=device)

@@ -56,7 +56,7 @@ class StageOutcome:
         cause: one line saying what failed, ``"<stage>: ..."`` (empty when OK).
         metrics: what the stages measured (the baseline's run: its ``accuracy``...).
         stages: stage name -> ``{"outcome": label, "seconds": float}``, in the order they ran.
-        device: where the stages ran (only when they all passed).
+        device: where the stages ran (the worker's device fingerprint; empty when unknown).
     """
 
     status: Status
@@ -73,7 +73,7 @@ class StageOutcome:
 
     @classmethod
     def failure(cls, status: Status, cause: str, *, stage: str | None = None, seconds: float = 0.0, metrics: dict | None = None,
-                stages: dict | None = None) -> StageOutcome:
+                stages: dict | None = None, device: dict | None = None) -> StageOutcome:
         """A failed outcome.
 
         Args:
@@ -84,13 +84,20 @@ class StageOutcome:
             seconds: how long the failing stage ran.
             metrics: what was measured before the failure.
             stages: the stages run before it.
+            device: where it ran, when that is known.
         """
         if status.is_ok():
             raise ValueError("a failure needs a status other than OK")
         stages = dict(stages or {})
         if stage is not None:
             stages[stage] = {"outcome": status.label, "seconds": float(seconds)}
-        return cls(status, cause, dict(metrics or {}), stages)
+        return cls(status, cause, dict(metrics or {}), stages, dict(device or {}))
+
+    def with_device(self, device: Mapping[str, Any]) -> StageOutcome:
+        """This outcome, saying it ran on ``device`` unless it already says where (for outcomes a parent makes)."""
+        if self.device or not device:
+            return self
+        return StageOutcome(self.status, self.cause, self.metrics, self.stages, dict(device))
 
     def to_dict(self) -> dict:
         """The outcome as plain data (``status`` as its label), to cross a pipe or Ray."""

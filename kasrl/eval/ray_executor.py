@@ -20,8 +20,12 @@ stay in the driver, in the code :class:`MeasuredEvaluator` already has.
   driver learns an actor's stage by asking it (``progress``).
   Without GPUs an actor's private memory is capped (``memory_limit``, as
   ``RLIMIT_DATA``): a runaway allocation fails inside the stage and is ``oom``;
-* actors on one node share the machine-wide timing lock of
-  :func:`kasrl.eval.stages.timing_lock`, as local workers do.
+* actors on one node share the timing locks of :func:`kasrl.eval.stages.timing_lock`,
+  as local workers do: one machine-wide for CPU timings, one per physical GPU;
+* an actor pins the GPU Ray gave it (``CUDA_VISIBLE_DEVICES`` makes it ``cuda:0``)
+  and reports its device fingerprint, which names the physical GPU (``gpu_id``);
+  every outcome records it, failures made here too, and the results cache reuses
+  only results measured on the actors' hardware (:meth:`RayEvaluator.hardware_keys`).
 
 ``ray`` is imported only inside the functions of this module: kasrl does not
 need Ray unless ``executor=ray``.
@@ -124,17 +128,15 @@ class _StageActor:
         try:
             from kasrl.eval.runtime import TaskRuntime
 
-            self.rt = TaskRuntime(task)
+            self.rt = TaskRuntime(task)  # pins its device: with a GPU of its own, the cuda:0 CUDA_VISIBLE_DEVICES shows it
         except Exception as e:  # noqa: BLE001 - reported to the driver by ready()
             self.fatal = f"{type(e).__name__}: {e}"
 
     def ready(self) -> dict:
-        """Where this actor runs (or ``{"fatal": message}`` when the task did not load)."""
+        """Where this actor runs: its device fingerprint and pid (or ``{"fatal": message}`` when the task did not load)."""
         if self.fatal:
             return {"fatal": self.fatal}
-        from kasrl.eval.latency import device_fingerprint
-
-        return {**device_fingerprint(str(self.rt.device)), "pid": os.getpid()}
+        return {**self.rt.hardware, "pid": os.getpid()}
 
     def progress(self) -> tuple:
         """``(job token, stage, seconds in that stage)`` of the evaluation under way."""
@@ -171,6 +173,7 @@ class _Slot:
     retry_at: float = 0.0  # when to ask a restarting actor again
     pid: int = 0  # the actor's process; a restart must show a new one
     stale_pid: int = 0  # the pid of the process that was killed or died
+    device: dict | None = None  # the actor's device fingerprint (from ready())
 
     @property
     def idle(self) -> bool:
@@ -251,7 +254,7 @@ class RayEvaluator(MeasuredEvaluator):
             self._slots = [_Slot(self._new_actor()) for _ in range(workers)]
             self.devices = self._wait_ready([s.actor for s in self._slots])
             for s, info in zip(self._slots, self.devices, strict=True):
-                s.pid = info["pid"]
+                s.pid, s.device = info["pid"], _device_of(info)
         except BaseException:
             self.close()
             raise
@@ -260,6 +263,17 @@ class RayEvaluator(MeasuredEvaluator):
     def restarts(self) -> int:
         """How many times an actor was killed or found dead (and so restarted)."""
         return self.supervisor.restarts
+
+    def device_info(self) -> dict:
+        """The device fingerprint of the first actor (they may differ: see :meth:`hardware_keys`)."""
+        return self._known_device()
+
+    def hardware_keys(self) -> tuple:
+        """The ``hardware`` keys of every actor's device: results measured on any of them may be reused."""
+        return tuple(sorted({s.device["hardware"] for s in self._slots if s.device and s.device.get("hardware")}))
+
+    def _known_device(self) -> dict:
+        return next((dict(s.device) for s in self._slots if s.device), {})
 
     # -- actors ---------------------------------------------------------------------------------
     def _new_actor(self):
@@ -386,7 +400,7 @@ class RayEvaluator(MeasuredEvaluator):
         if info["pid"] == s.stale_pid:  # the killed process answered before it went: ask again
             s.retry_at = time.monotonic() + _RETRY_S
             return
-        s.pid, s.stale_pid = info["pid"], 0
+        s.pid, s.stale_pid, s.device = info["pid"], 0, _device_of(info)
 
     def _on_ref(self, s: _Slot, ref, results: list) -> None:
         """A job finished, raised, or lost its actor."""
@@ -402,6 +416,7 @@ class RayEvaluator(MeasuredEvaluator):
             self._restarting(s)
         except Exception as e:  # noqa: BLE001 - the call itself raised (the actor lives on)
             results[job] = clock.raised(e)
+        results[job] = results[job].with_device(s.device or {})  # where it ran, also when the driver made the outcome
 
     def _restarting(self, s: _Slot) -> None:
         """Wait for ``s``'s actor to come back (with a new process) before giving it work."""
@@ -415,7 +430,7 @@ class RayEvaluator(MeasuredEvaluator):
         now = time.monotonic()
         for s in self._slots:
             if s.job is not None and s.clock.expired():
-                results[s.job] = s.clock.timed_out()
+                results[s.job] = s.clock.timed_out().with_device(s.device or {})
                 ray.kill(s.actor, no_restart=False)
                 s.job = s.ref = s.probe = s.clock = None
                 self._restarting(s)
@@ -473,6 +488,11 @@ def _warn_if_short(workers: int, num_cpus: float, num_gpus: float) -> None:
                 f"only some actors can start (fewer workers, or more nodes)",
                 stacklevel=3,
             )
+
+
+def _device_of(info: dict) -> dict:
+    """An actor's device fingerprint from what ``ready()`` said (without its pid)."""
+    return {k: v for k, v in info.items() if k != "pid"}
 
 
 def _wire(payload) -> dict | None:

@@ -6,6 +6,7 @@ one :class:`TaskRuntime` and evaluates many kernels with it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -20,10 +21,27 @@ from kasrl.errors import KasrlError
 from kasrl.eval.locks import ComputeSlots
 from kasrl.placeholders import fill_placeholders, placeholders
 from kasrl.solver.budget import Placement
-from kasrl.tasks import build_task_network, latency_placements, load_dataset, resolve_device, task_placements
+from kasrl.tasks import build_task_network, check_device_options, latency_placements, load_dataset, resolve_device, task_placements
 from kasrl.tasks import Task, task_input_shape
 
-__all__ = ["TaskRuntime", "TrainOutcome", "NumericsError", "StageTimeout", "train_and_test"]
+__all__ = ["TaskRuntime", "TrainOutcome", "NumericsError", "StageTimeout", "train_and_test", "pin_device"]
+
+
+def pin_device(device: str | torch.device) -> torch.device:
+    """Make ``device`` this process's current device, and return it with its index.
+
+    On CUDA, ``torch.cuda.set_device``: CUDA events, ``torch.cuda.synchronize()``
+    and new streams act on the *current* device, so a worker given ``cuda:1`` that
+    did not pin it would time cuda:0's (idle) stream and measure host dispatch.
+    ``"cuda"`` alone becomes the current device (the first one visible: under Ray,
+    the GPU ``CUDA_VISIBLE_DEVICES`` gave the actor). Other devices are returned as they are.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 class NumericsError(KasrlError):
@@ -64,9 +82,22 @@ class TaskRuntime:
         search_placements: where the placeholders are in the network.
         timed_placements: where kernel-level latency is measured.
         placeholder_names: the network's placeholder layers.
+        hardware: the device fingerprint every outcome of this worker records
+            (:func:`kasrl.eval.latency.device_fingerprint`; computed once).
+
+    Args:
+        task: the task, its name, YAML path or plain dict.
+        device: run here instead of the task's device (e.g. ``"cuda:1"``: one GPU
+            per worker). The device is pinned (:func:`pin_device`) before anything
+            else touches it.
+
+    Raises:
+        ConfigError: when the device is not available, or lacks an option the
+            task asks for (fp16, CUDA graphs: CUDA only).
     """
 
-    def __init__(self, task: Task | str | dict) -> None:
+    def __init__(self, task: Task | str | dict, device: str | torch.device | None = None) -> None:
+        from kasrl.eval.latency import device_fingerprint
         from kasrl.tasks import load_task, task_from_dict
 
         if isinstance(task, str):
@@ -74,7 +105,12 @@ class TaskRuntime:
         elif isinstance(task, dict):
             task = task_from_dict(task)
         self.task = task
-        self.device = resolve_device(self.task)
+        if device is None:
+            device = resolve_device(self.task)
+        else:
+            check_device_options(self.task, device)
+        self.device = pin_device(device)
+        self.hardware = device_fingerprint(self.device, self.task.latency.dtype, self.task.latency.threads)
         self.data = load_dataset(self.task.dataset)
         model, self.placeholder_names = build_task_network(self.task)
         self.search_placements = task_placements(self.task, model)
@@ -142,12 +178,20 @@ def _tensors(split) -> tuple:
     return split
 
 
+def _autocast(recipe, device: torch.device):
+    """The recipe's autocast context on ``device`` (a no-op without a recipe or its ``autocast``)."""
+    if recipe is None or recipe.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.autocast])
+
+
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int, slots: ComputeSlots) -> float:
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int, slots: ComputeSlots,
+              recipe=None) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        with slots.step():
+        with slots.step(), _autocast(recipe, device):
             out = model(x[i : i + batch].to(device))
         if not torch.isfinite(out).all():
             raise NumericsError("the network's test outputs are not finite")
@@ -158,7 +202,10 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
 def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | None = None, threads: int | None = None) -> TrainOutcome:
     """Train ``model`` with the task's recipe, then test it.
 
-    Stops early (``pruned``) when the running loss is above a milestone
+    Runs under ``torch.autocast`` when the recipe asks (``recipe.autocast``; fp16
+    with a gradient scaler). Each step holds the device's timing lock shared
+    (:class:`~kasrl.eval.locks.ComputeSlots`): on a GPU that GPU's lock, on the CPU
+    the machine-wide one. Stops early (``pruned``) when the running loss is above a milestone
     ``(fraction of training, max loss)``.
 
     Raises:
@@ -172,10 +219,11 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
     torch.set_num_threads(threads or training_threads())
     limit = min(x for x in (time_limit, recipe.max_train_seconds, math.inf) if x is not None)
     start = time.perf_counter()
-    slots = ComputeSlots()  # each step holds the timing lock shared: a neighbour's timing never overlaps it
+    slots = ComputeSlots(device=device)  # each step holds the device's timing lock shared: a neighbour's timing never overlaps it
     try:
         model.to(device).train()
         opt = _optimizer(model.parameters(), recipe)
+        scaler = torch.amp.GradScaler(device.type) if recipe.autocast == "fp16" else None  # fp16 gradients underflow unscaled
         x_train, y_train = _tensors(runtime.data.train)
         x_test, y_test = _tensors(runtime.data.test)
         n = len(x_train)
@@ -195,12 +243,18 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
             idx = order[pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
             xb, yb = x_train[idx].to(device), y_train[idx].to(device)
             with slots.step():
-                loss = F.cross_entropy(model(xb), yb)
+                with _autocast(recipe, device):
+                    loss = F.cross_entropy(model(xb), yb)
                 if not torch.isfinite(loss):
                     raise NumericsError(f"the training loss is {loss.item()} at step {step}")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)  # skipped when a gradient overflowed, then the scale is lowered
+                    scaler.update()
                 if schedule is not None:
                     schedule.step()
                 v = loss.item()
@@ -213,7 +267,7 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
                 break
             if time.perf_counter() - start - slots.waited > limit:  # waiting for a neighbour's timing does not count
                 raise StageTimeout(f"training passed its limit of {limit:.0f} s at step {step + 1} of {total}")
-        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256), slots)
+        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256), slots, recipe)
         return TrainOutcome(acc, float(running or 0.0), time.perf_counter() - start, step + 1, pruned)
     finally:
         slots.close()

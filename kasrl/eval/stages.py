@@ -6,13 +6,17 @@
                 within the task's budget at every placement;
 3. ``latency``  the kernel against the 3x3 convolution at each timed placement,
                 and the whole network against the baseline network, in the
-                same process, interleaved, under the machine-wide timing lock;
+                same process, interleaved, under the timing lock of the device
+                (machine-wide on the CPU, one per GPU), both sides run as the
+                task's ``latency`` options say (dtype, channels-last, compiled
+                -- reported as the stage ``compile`` first --, CUDA graphs);
 4. ``accuracy`` train the network with the kernel in every placeholder on the
                 task's recipe and test it; stop early on NaN or a loss milestone.
 
 :func:`run_stages` returns a :class:`~kasrl.eval.outcome.StageOutcome` (it
 crosses process boundaries as ``to_dict()``). The reward is computed by the
-caller, which knows the baseline's accuracy.
+caller, which knows the baseline's accuracy. Every outcome the stages make says
+where they ran (``device``: the worker's :attr:`~kasrl.eval.runtime.TaskRuntime.hardware`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from kasrl.eval.latency import conv3x3, device_fingerprint, time_pair
+from kasrl.eval.latency import CompileError, PreparedPair, TimingOptions, conv3x3, prepare_pair, time_prepared
 from kasrl.eval.locks import ComputeSlots, timing_lock
 from kasrl.eval.outcome import StageOutcome
 from kasrl.eval.runtime import NumericsError, StageTimeout, TaskRuntime, train_and_test
@@ -32,12 +36,15 @@ from kasrl.solver.budget import Placement, conv3x3_flops, conv3x3_params
 from kasrl.store.records import Status
 from kasrl.tasks import LatencySpec
 
-__all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "run_job", "timing_lock", "classify", "STAGES", "TIMING_QUEUE"]
+__all__ = ["Evaluable", "GraphKernel", "run_stages", "run_baseline", "run_job", "timing_lock", "classify", "STAGES", "TIMING_QUEUE",
+           "COMPILE"]
 
 STAGES = ("build", "budget", "latency", "accuracy")
 
-#: Reported while the latency stage waits for the machine-wide timing lock.
+#: Reported while the latency stage waits for its device's timing lock.
 TIMING_QUEUE = "timing_queue"
+#: Reported while the latency stage compiles both sides (``latency.compile``); its limit is ``timeouts.compile_s``.
+COMPILE = "compile"
 
 
 class Evaluable:
@@ -98,7 +105,7 @@ def classify(stage: str, exc: BaseException) -> tuple[Status, str]:
     if isinstance(exc, MemoryError) or "out of memory" in low or "can't allocate" in low or "cannot allocate" in low or (
             "alloc" in low and "memory" in low):
         return Status.OOM, f"{stage}: {first}"
-    if stage == "build":
+    if stage == "build" or (isinstance(exc, CompileError) and exc.side == "kernel"):  # a kernel torch.compile cannot compile
         return Status.BUILD_ERROR, f"{stage}: {first}"
     return Status.CRASH, f"{stage}: {first}"
 
@@ -109,7 +116,7 @@ def _finite(t: torch.Tensor | None) -> bool:
 
 def _stage_build(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
     deadline = time.perf_counter() + rt.task.timeouts.build_s
-    with ComputeSlots() as slots:
+    with ComputeSlots(device=rt.device) as slots:
         for p in rt.placements:
             with slots.step():  # never while a neighbour times
                 _build_at(rt, kernel, p)
@@ -159,31 +166,55 @@ def _timing_cap(spec: LatencySpec, deadline: float, timings_left: int) -> float:
     return max(spec.time_s, min(spec.longest_s, share))
 
 
+def _prepared_pairs(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None) -> list:
+    """``[(name, PreparedPair)]``: the kernel against the conv at each timed placement, then the networks.
+
+    Each pair is readied (and compiled, captured) as one compute step on the
+    device, before the timing lock is taken: compiling never runs while a
+    neighbour times there, nor holds the lock while it does.
+    """
+    spec = rt.task.latency
+    options = TimingOptions.from_spec(spec)
+    if options.compile and report is not None:
+        report(COMPILE)  # compiling has its own limit (timeouts.compile_s) and is not timed
+    pairs = []
+    with ComputeSlots(device=rt.device) as slots:
+        for p in rt.timed_placements:
+            with slots.step():
+                x = torch.randn(spec.batch, p.c, p.h, p.w, device=rt.device)
+                pairs.append((str(p), prepare_pair(kernel.build(p), conv3x3(p.c), x, options, spec.warmup)))
+        with slots.step():
+            pairs.append(("network", prepare_pair(rt.network(kernel.build), rt.network(None), rt.latency_input(), options, spec.warmup)))
+    return pairs
+
+
+def _time(pair: PreparedPair, spec: LatencySpec, max_time_s: float):
+    """One timing of a prepared pair with the task's settings."""
+    return time_prepared(pair, spec.repeats, spec.warmup, spec.time_s, spec.threads, quantile=spec.quantile, max_time_s=max_time_s,
+                         target_spread=spec.target_spread)
+
+
 def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Callable[[str], None] | None = None) -> None:
     spec = rt.task.latency
+    pairs = _prepared_pairs(rt, kernel, report)
+    if spec.compile:
+        metrics["compile_s"] = sum(pair.compile_s[0] for _, pair in pairs)  # the kernel's, every placement and the network
+        metrics["baseline_compile_s"] = sum(pair.compile_s[1] for _, pair in pairs)
     logs = []
     if report is not None:
         report(TIMING_QUEUE)  # waiting for neighbours' timing is not this kernel's latency stage
-    with timing_lock():
+    with timing_lock(device=rt.device):
         if report is not None:
             report("latency")  # its time limit starts now
-        deadline = time.perf_counter() + rt.task.timeouts.latency_s  # from when the machine is ours
-        timings_left = len(rt.timed_placements) + 1  # each placement, then the network
-        for p in rt.timed_placements:
-            x = torch.randn(spec.batch, p.c, p.h, p.w, device=rt.device)
-            t = time_pair(kernel.build(p).to(rt.device), conv3x3(p.c).to(rt.device), x, spec.repeats, spec.warmup,
-                          spec.time_s, spec.threads, quantile=spec.quantile, max_time_s=_timing_cap(spec, deadline, timings_left),
-                          target_spread=spec.target_spread)
-            timings_left -= 1
-            metrics[f"kernel_speedup/{p}"] = t.speedup
-            metrics[f"kernel_spread/{p}"] = t.speedup_spread
+        deadline = time.perf_counter() + rt.task.timeouts.latency_s  # from when the device is ours
+        for i, (name, pair) in enumerate(pairs[:-1]):
+            t = _time(pair, spec, _timing_cap(spec, deadline, len(pairs) - i))  # this placement, the ones after, the network
+            metrics[f"kernel_speedup/{name}"] = t.speedup
+            metrics[f"kernel_spread/{name}"] = t.speedup_spread
             logs.append(math.log(t.speedup))
             if time.perf_counter() > deadline:
                 raise StageTimeout(f"timing took longer than {rt.task.timeouts.latency_s:.0f} s")
-        net = rt.network(kernel.build).to(rt.device)
-        base = rt.network(None).to(rt.device)
-        t = time_pair(net, base, rt.latency_input(), spec.repeats, spec.warmup, spec.time_s, spec.threads,
-                      quantile=spec.quantile, max_time_s=_timing_cap(spec, deadline, 1), target_spread=spec.target_spread)
+        t = _time(pairs[-1][1], spec, _timing_cap(spec, deadline, 1))
     metrics["kernel_speedup"] = math.exp(sum(logs) / len(logs)) if logs else 1.0
     metrics["speedup"] = t.speedup
     metrics["speedup_spread"] = t.speedup_spread
@@ -226,16 +257,17 @@ def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None]
                 problem = _stage_budget(rt, kernel, metrics)
                 if problem:
                     return StageOutcome.failure(Status.BUDGET_VIOLATION, problem, stage=name, seconds=time.perf_counter() - start,
-                                                metrics=metrics, stages=stages)
+                                                metrics=metrics, stages=stages, device=rt.hardware)
             elif name == "latency":
                 _stage_latency(rt, kernel, metrics, report)
             else:
                 _stage_accuracy(rt, kernel, metrics)
         except Exception as e:  # noqa: BLE001 - every failure becomes a typed outcome
             status, cause = classify(name, e)
-            return StageOutcome.failure(status, cause, stage=name, seconds=time.perf_counter() - start, metrics=metrics, stages=stages)
+            return StageOutcome.failure(status, cause, stage=name, seconds=time.perf_counter() - start, metrics=metrics, stages=stages,
+                                        device=rt.hardware)
         stages[name] = {"outcome": "ok", "seconds": time.perf_counter() - start}
-    return StageOutcome(Status.OK, "", metrics, stages, device_fingerprint(str(rt.device)))
+    return StageOutcome(Status.OK, "", metrics, stages, dict(rt.hardware))
 
 
 def run_baseline(rt: TaskRuntime) -> StageOutcome:
@@ -249,9 +281,9 @@ def run_baseline(rt: TaskRuntime) -> StageOutcome:
         out = train_and_test(rt, rt.network(None), rt.task.timeouts.train_s)
     except Exception as e:  # noqa: BLE001 - the evaluator raises with this cause
         status, cause = classify("baseline", e)
-        return StageOutcome.failure(status, cause)
+        return StageOutcome.failure(status, cause, device=rt.hardware)
     metrics = {"accuracy": out.accuracy, "train_seconds": out.seconds, "train_loss": out.final_loss}
-    return StageOutcome(Status.OK, "", metrics, {"baseline": {"outcome": "ok", "seconds": time.perf_counter() - start}})
+    return StageOutcome(Status.OK, "", metrics, {"baseline": {"outcome": "ok", "seconds": time.perf_counter() - start}}, dict(rt.hardware))
 
 
 def run_job(rt: TaskRuntime, kind: str, payload: dict | None, report: Callable[[str], None] | None = None,
@@ -273,5 +305,5 @@ def run_job(rt: TaskRuntime, kind: str, payload: dict | None, report: Callable[[
     try:
         kernel = kernel_from_payload(payload)
     except Exception as e:  # noqa: BLE001 - a kernel that cannot be loaded is the kernel's failure
-        return StageOutcome.failure(Status.BUILD_ERROR, f"load: {type(e).__name__}: {e}")
+        return StageOutcome.failure(Status.BUILD_ERROR, f"load: {type(e).__name__}: {e}", device=getattr(rt, "hardware", None))
     return run_stages(rt, kernel, report=report, skip=skip)

@@ -4,14 +4,17 @@ A segfault, a hang or a runaway allocation in one kernel kills at most the
 child; the parent records ``crash`` / ``timeout`` / ``oom`` and starts a fresh
 child for the next kernel. Kernels travel as their JSON documents, never as
 pickled modules. The child starts with the allocator pinned (see
-:mod:`kasrl.eval.latency`) and, optionally, a cap on its address space.
+:mod:`kasrl.eval.latency`) and, optionally, a cap on its address space. A child
+given a GPU (``cuda:i``) makes it its current device first
+(:func:`kasrl.eval.runtime.pin_device`), so CUDA events and synchronisation
+time that GPU, and says which one it uses in every outcome's ``device``.
 
 Protocol (over a ``multiprocessing`` pipe, spawn start method)::
 
     parent -> child   ("eval", payload)      payload: {"doc": json} or {"planted": "module:Class"}
                       ("baseline", None)
                       ("stop", None)
-    child -> parent   ("ready", None) once the task is loaded
+    child -> parent   ("ready", device)      once the task is loaded: the device fingerprint it records
                       ("stage", name)        when a stage starts (its time limit starts then)
                       ("result", dict)       a StageOutcome.to_dict() (kasrl.eval.outcome)
                       ("fatal", message)     the task itself cannot be loaded
@@ -56,13 +59,11 @@ def _child_main(conn, task_ref, memory_limit: int | None, threads: int | None, d
     from kasrl.eval.stages import run_job
 
     try:
-        rt = TaskRuntime(task_ref)
-        if device is not None:
-            rt.device = torch.device(device)
+        rt = TaskRuntime(task_ref, device=device)  # pins the device (torch.cuda.set_device) before loading anything
     except Exception as e:  # noqa: BLE001 - reported to the parent in one line
         conn.send(("fatal", f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", None))
+    conn.send(("ready", dict(rt.hardware)))
     while True:
         try:
             kind, payload = conn.recv()
@@ -86,7 +87,7 @@ class IsolatedWorker:
             seconds of grace.
         memory_limit: cap on the child's address space in bytes (None: no cap).
         threads: torch threads in the child.
-        device: override the task's device (e.g. ``"cuda:1"`` to pin a GPU).
+        device: override the task's device (e.g. ``"cuda:1"``: the child pins that GPU).
         start_timeout: seconds allowed for loading the task.
     """
 
@@ -101,11 +102,18 @@ class IsolatedWorker:
         self.proc = None
         self.conn = None
         self.supervisor = Supervisor(self.limits, "worker")
+        self.device_info: dict = {}  # the child's device fingerprint, from its "ready" message
 
     @property
     def restarts(self) -> int:
         """How many times the child was killed or found dead (and so replaced)."""
         return self.supervisor.restarts
+
+    def start(self) -> dict:
+        """Start the child unless it runs; its device fingerprint (``device_info``)."""
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        return self.device_info
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -138,6 +146,7 @@ class IsolatedWorker:
         if kind == "fatal":
             self.kill()
             raise WorkerError(f"the evaluation worker cannot load the task: {msg}")
+        self.device_info = dict(msg or {})
 
     def kill(self) -> None:
         """Stop the child now (it is restarted on the next request)."""
@@ -169,7 +178,13 @@ class IsolatedWorker:
         return Death.from_exit_code(code, "worker")
 
     def request(self, kind: str, payload) -> StageOutcome:
-        """Send one job and wait for its outcome, enforcing per-stage limits."""
+        """Send one job and wait for its outcome, enforcing per-stage limits.
+
+        An outcome made here (a timeout, a death) says the device the child used.
+        """
+        return self._request(kind, payload).with_device(self.device_info)
+
+    def _request(self, kind: str, payload) -> StageOutcome:
         if self.proc is None or not self.proc.is_alive():
             self._start()
         try:

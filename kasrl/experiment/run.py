@@ -136,7 +136,7 @@ def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strateg
 
         isolation = "inline" if cfg.executor == "inline" else "process"
         workers = 1 if isolation == "inline" else cfg.workers
-        first = MeasuredEvaluator(task, store, isolation=isolation, run_id=run_id, strategy=strategy)
+        first = MeasuredEvaluator(task, store, isolation=isolation, run_id=run_id, strategy=strategy, device=_gpu_for(0))
         first.baseline()  # train the baseline once, before any worker needs it
 
         def worker(i: int):
@@ -149,7 +149,7 @@ def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strateg
 
 
 def _gpu_for(i: int) -> str | None:
-    """Pin worker ``i`` to its own GPU when there are several."""
+    """Pin worker ``i`` to its own GPU when there are several (its child calls ``torch.cuda.set_device``)."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.device_count() > 1:
@@ -285,7 +285,9 @@ class Run:
             table.add_row(*cells)
             md.append("| " + " | ".join(cells) + " |")
         Console(width=120).print(table)
-        (self.dir / "leaderboard.md").write_text(f"# {self.name}\n\n" + "\n".join(md) + f"\n\nKernels: `{kdir}/`\n")
+        device = _device_line(self.top.best())
+        print(device)
+        (self.dir / "leaderboard.md").write_text(f"# {self.name}\n\n" + "\n".join(md) + f"\n\n{device}\n\nKernels: `{kdir}/`\n")
         print(f"run folder: {self.dir}")
         self.close()
         return rows
@@ -295,6 +297,16 @@ class Run:
         self.evaluator.close()
         self.tracker.finish()
         self.store.close()
+
+
+def _device_line(best) -> str:
+    """Where the leaderboard's figures were measured (each distinct device of its kernels, or why none)."""
+    from kasrl.eval.latency import describe_device
+
+    seen = list(dict.fromkeys(describe_device(rec.result.device) for rec in best if rec.result.device))
+    if not seen:
+        return "device: none recorded (analytic fidelity: hardware-independent)" if best else "device: no kernels"
+    return "device: " + "; ".join(seen)
 
 
 def _fmt(v, unit: str) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
 from kasrl.errors import KasrlError
 from kasrl.store.records import EvalRecord, write_csv, write_jsonl
 
-__all__ = ["ResultStore", "StoreError"]
+__all__ = ["ResultStore", "StoreError", "hardware_set"]
 
 SelfStore = TypeVar("SelfStore", bound="ResultStore")
 
@@ -18,14 +19,23 @@ class StoreError(KasrlError):
     """Raised when a results store cannot be opened, read or written."""
 
 
+def hardware_set(hardware: str | Iterable[str] | None) -> frozenset | None:
+    """``lookup``'s ``hardware`` argument as a set of keys (None: any hardware; "" is no key and is dropped)."""
+    if hardware is None:
+        return None
+    if isinstance(hardware, str):
+        hardware = (hardware,)
+    return frozenset(str(k) for k in hardware if k)
+
+
 class ResultStore(abc.ABC):
     """An append-only log of evaluation records, which doubles as the evaluation cache.
 
     ``append(record) -> int``
         Writes a record and returns the id the store gave it.
-    ``lookup(task_fingerprint, kernel_hash, fidelity=None) -> EvalRecord | None``
+    ``lookup(task_fingerprint, kernel_hash, fidelity=None, hardware=None) -> EvalRecord | None``
         The most recent record for that key: a repeated kernel costs nothing, and
-        a different task fingerprint misses.
+        a different task fingerprint (or hardware, when one is asked for) misses.
     ``records(run_id=None, task_fingerprint=None, strategy=None) -> list[EvalRecord]``
         The matching records in insertion order; ``count(...)`` counts them.
     ``export_csv(path)`` / ``export_jsonl(path)``
@@ -42,8 +52,11 @@ class ResultStore(abc.ABC):
       ``id`` set; editing its dicts cannot change what the store holds or what a
       later call returns.
     * **Cache key.** ``(task_fingerprint, kernel_hash)``, narrowed by ``fidelity``
-      when one is given. ``lookup`` returns records of any status; whether a cached
-      failure is worth retrying (a timeout, say) is the caller's decision.
+      when one is given, and by ``hardware`` (one key or several) when given: a
+      record's hardware key is ``device["hardware"]`` (:attr:`EvalRecord.hardware`;
+      "" for records that have none, which a narrowed lookup never returns).
+      ``lookup`` returns records of any status; whether a cached failure is worth
+      retrying (a timeout, say) is the caller's decision.
     * **Thread safety.** One instance may be used from several threads of one
       process; each call is atomic. Whether several *processes* may share the
       backing data is up to the backend: ``SQLiteStore`` allows it, ``MemoryStore``
@@ -68,13 +81,16 @@ class ResultStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def lookup(self, task_fingerprint: str, kernel_hash: str, fidelity: str | None = None) -> EvalRecord | None:
+    def lookup(self, task_fingerprint: str, kernel_hash: str, fidelity: str | None = None,
+               hardware: str | Iterable[str] | None = None) -> EvalRecord | None:
         """The most recent record for a kernel on a task, or ``None`` when there is none.
 
         Args:
             task_fingerprint: the task's fingerprint; other tasks never match.
             kernel_hash: the kernel's canonical hash.
             fidelity: only records of this fidelity; ``None`` accepts any.
+            hardware: only records measured on this hardware (a key, or several:
+                any of them); ``None`` accepts any, an empty collection none.
 
         Returns:
             The record with the highest id for that key, or ``None``.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from collections.abc import Iterable
 
-from kasrl.store.base import ResultStore, StoreError
+from kasrl.store.base import ResultStore, StoreError, hardware_set
 from kasrl.store.records import EvalRecord
 
 __all__ = ["MemoryStore"]
@@ -48,13 +49,17 @@ class MemoryStore(ResultStore):
             self._by_key.setdefault((record.task_fingerprint, record.kernel_hash), []).append(new_id - 1)
             return new_id
 
-    def lookup(self, task_fingerprint: str, kernel_hash: str, fidelity: str | None = None) -> EvalRecord | None:
+    def lookup(self, task_fingerprint: str, kernel_hash: str, fidelity: str | None = None,
+               hardware: str | Iterable[str] | None = None) -> EvalRecord | None:
         """See :meth:`ResultStore.lookup`."""
+        keys = hardware_set(hardware)
+        if keys is not None and not keys:
+            return None
         with self._lock:
             self._check_open()
             for index in reversed(self._by_key.get((task_fingerprint, kernel_hash), ())):
                 row = self._rows[index]
-                if fidelity is None or row.fidelity == fidelity:
+                if (fidelity is None or row.fidelity == fidelity) and (keys is None or row.hardware in keys):
                     return copy.deepcopy(row)
             return None
 

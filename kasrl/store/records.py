@@ -137,7 +137,8 @@ class EvalRecord:
             ``params``, ``latency_ms``.
         stages: stage name -> ``{"outcome": str, "seconds": float, ...}``, in the
             order the stages ran.
-        device: where it ran: CPU model or GPU name, torch version, threads.
+        device: where it ran: CPU model or GPU name, torch version, threads, and
+            its ``hardware`` key (see :attr:`hardware`).
         run_id: the run that asked for it (``kasrl.tracking.run_name``).
         strategy: the search strategy's name, e.g. ``"random"``, ``"ppo"``.
         fidelity: how it was evaluated, e.g. ``"analytic"`` or ``"measured"``.
@@ -205,6 +206,16 @@ class EvalRecord:
         put("created_at", created_at)
         if self.id is not None and (isinstance(self.id, bool) or not isinstance(self.id, int) or self.id < 1):
             raise ValueError(f"`id` must be None or an integer >= 1, got {self.id!r}")
+
+    @property
+    def hardware(self) -> str:
+        """The hardware key the result was measured on (``device["hardware"]``; "" when it has none).
+
+        Stores narrow lookups by it, so a result timed on one machine is not
+        reused on another (see :mod:`kasrl.eval.cache`).
+        """
+        key = self.device.get("hardware")
+        return key if isinstance(key, str) else ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field (``status`` as its label), deep-copied."""

@@ -7,9 +7,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from kasrl.store.base import ResultStore, StoreError
+from kasrl.store.base import ResultStore, StoreError, hardware_set
 from kasrl.store.records import EvalRecord, Status
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
@@ -231,12 +232,24 @@ class SQLiteStore(ResultStore):
                 raise StoreError(f"cannot append to results store `{self.path}`: {exc}") from None
         return int(new_id)
 
-    def lookup(self, task_fingerprint: str, kernel_hash: str, fidelity: str | None = None) -> EvalRecord | None:
-        """See :meth:`ResultStore.lookup`."""
+    def lookup(self, task_fingerprint: str, kernel_hash: str, fidelity: str | None = None,
+               hardware: str | Iterable[str] | None = None) -> EvalRecord | None:
+        """See :meth:`ResultStore.lookup`.
+
+        The hardware key is read from the stored ``device`` JSON (``json_extract``),
+        so files written before results carried one need no migration: their rows
+        have none and a narrowed lookup passes them by.
+        """
+        keys = hardware_set(hardware)
+        if keys is not None and not keys:
+            return None
         where, params = "task_fingerprint = ? AND kernel_hash = ?", [task_fingerprint, kernel_hash]
         if fidelity is not None:
             where += " AND fidelity = ?"
             params.append(fidelity)
+        if keys is not None:
+            where += f" AND json_extract(device, '$.hardware') IN ({', '.join('?' * len(keys))})"
+            params.extend(sorted(keys))
         rows = self._select(f"WHERE {where} ORDER BY id DESC LIMIT 1", params)
         return rows[0] if rows else None
 

@@ -13,6 +13,10 @@ name               where the files come from
 ``cifar10``        the binary version: ``path`` is ``cifar-10-batches-bin`` or its parent
 ``cifar100``       the binary version: ``path`` is ``cifar-100-binary`` or its parent
                    (fine labels)
+``synthetic``      no files: random N(0, 1) images of ``image_shape`` and uniform labels
+                   over ``num_classes``, drawn from ``seed``. For latency-only searches
+                   (a GPU task needs no dataset to time kernels); its labels carry no
+                   signal, so accuracies on it are chance and mean nothing
 =================  ==================================================================
 
 Images come back as float32 ``[N, C, H, W]``, normalised with the dataset's
@@ -25,6 +29,7 @@ channel mean and standard deviation; labels as int64 ``[N]``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import gzip
 import logging
@@ -83,6 +88,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(1, 10, (8, 8), (0.3053,), (0.3759,), needs_path=False),
     "cifar10": DatasetInfo(3, 10, (32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), needs_path=True),
     "cifar100": DatasetInfo(3, 100, (32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), needs_path=True),
+    # the default shape; ``image_shape`` and ``num_classes`` change it (already N(0, 1): mean 0, std 1)
+    "synthetic": DatasetInfo(3, 10, (32, 32), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), needs_path=False),
 }
 """Dataset name -> its shape, classes and normalisation constants."""
 
@@ -102,7 +109,11 @@ class DatasetSpec:
     resize: tuple[int, int] | None = None
     """Height and width in pixels to resize images to (None = native size)."""
     seed: int = 0
-    """Seed that picks the training and test subsets."""
+    """Seed that picks the training and test subsets (``synthetic``: that draws the images and labels)."""
+    image_shape: tuple[int, int, int] | None = None
+    """``[channels, height, width]`` of the ``synthetic`` images (None: [3, 32, 32]); only for ``synthetic``."""
+    num_classes: int | None = None
+    """Label classes of the ``synthetic`` data (None: 10); only for ``synthetic``."""
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -115,6 +126,13 @@ class DatasetSpec:
                 raise ConfigError(f"`task.dataset.{field}` must be at least 1 (or null for all), got {v}")
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
             raise ConfigError(f"`task.dataset.resize` must be [height, width] with both at least 1, got {list(self.resize)}")
+        for field in ("image_shape", "num_classes"):
+            if getattr(self, field) is not None and self.name != "synthetic":
+                raise ConfigError(f"`task.dataset.{field}` is only for the 'synthetic' dataset, not {self.name!r}; remove it")
+        if self.image_shape is not None and (len(self.image_shape) != 3 or min(self.image_shape) < 1):
+            raise ConfigError(f"`task.dataset.image_shape` must be [channels, height, width], all at least 1, got {list(self.image_shape)}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"`task.dataset.num_classes` must be at least 2, got {self.num_classes}")
         if DATASETS[self.name].needs_path and not self.path:
             raise ConfigError(f"`task.dataset.path` is required for {self.name!r} (the folder holding its binary-version files)")
 
@@ -155,6 +173,9 @@ def dataset_info(spec: DatasetSpec) -> DatasetInfo:
     needs to read files.
     """
     info = DATASETS[spec.name]
+    if spec.name == "synthetic" and (spec.image_shape is not None or spec.num_classes is not None):
+        c, h, w = spec.image_shape or (info.in_channels, *info.image_size)
+        info = DatasetInfo(c, spec.num_classes or info.num_classes, (h, w), (0.0,) * c, (1.0,) * c, needs_path=False)
     if spec.resize is None:
         return info
     return DatasetInfo(info.in_channels, info.num_classes, tuple(spec.resize), info.mean, info.std, info.needs_path)
@@ -367,6 +388,35 @@ def _read_source(spec: DatasetSpec) -> tuple[str, tuple[np.ndarray, ...], str, b
     return spec.name, arrays, f"binary files in {folder}", False
 
 
+#: Images drawn for ``synthetic`` when ``train_size`` / ``test_size`` are null (it has no "all").
+SYNTHETIC_SIZES = {"train_size": 1024, "test_size": 256}
+
+
+def _load_synthetic(spec: DatasetSpec) -> DatasetSplits:
+    """Random images and labels: a dataset that costs nothing to have, for timing (see the module docstring)."""
+    info = dataset_info(dataclasses.replace(spec, resize=None))
+    g = torch.Generator().manual_seed(spec.seed)
+    splits = []
+    for field in ("train_size", "test_size"):
+        n = getattr(spec, field) or SYNTHETIC_SIZES[field]
+        x = torch.randn(n, info.in_channels, *info.image_size, generator=g)
+        if spec.resize is not None and tuple(x.shape[-2:]) != tuple(spec.resize):
+            x = F.interpolate(x, size=tuple(spec.resize), mode="bilinear", align_corners=False).contiguous()
+        splits.append(TensorDataset(x, torch.randint(info.num_classes, (n,), generator=g)))
+    train, test = splits
+    return DatasetSplits(
+        train=train,
+        test=test,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        image_size=tuple(train.tensors[0].shape[-2:]),
+        name="synthetic",
+        source=f"synthetic: random N(0, 1) images and uniform labels from seed {spec.seed} (no signal: accuracy is chance)",
+        train_indices=torch.arange(len(train)),
+        test_indices=torch.arange(len(test)),
+    )
+
+
 def load_dataset(spec: DatasetSpec) -> DatasetSplits:
     """Read, subset, normalise and resize the data ``spec`` names.
 
@@ -378,6 +428,8 @@ def load_dataset(spec: DatasetSpec) -> DatasetSplits:
         DatasetError: when the files are missing, malformed or too small for
             the requested sizes.
     """
+    if spec.name == "synthetic":
+        return _load_synthetic(spec)
     loaded, (x_train, y_train, x_test, y_test), source, fallback = _read_source(spec)
     resize = spec.resize
     if fallback:

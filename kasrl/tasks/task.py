@@ -68,12 +68,17 @@ __all__ = [
     "task_placements",
     "latency_placements",
     "resolve_device",
+    "check_device_options",
 ]
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "tasks"
 """Where bare task names are looked up: ``kasrl/configs/tasks/<name>.yaml``, shipped with the package."""
 
-FINGERPRINT_VERSION = 3  # 2: negative measured rewards squashed above reward.floor; 3: speed read at a low quantile of per-call times
+# 2: negative measured rewards squashed above reward.floor; 3: speed read at a low quantile of per-call times;
+# 4: how latency is taken (latency.dtype, channels_last, compile, cuda_graphs), recipe.autocast, timeouts.compile_s and
+#    the synthetic dataset's fields enter the task, and GPU workers pin their device (before, a pool worker on cuda:i > 0
+#    timed host dispatch, not the GPU): GPU results of version 3 are not comparable and must not be reused.
+FINGERPRINT_VERSION = 4
 """Bumped whenever the meaning of a task field changes, so old fingerprints stop matching."""
 
 
@@ -266,6 +271,8 @@ class Recipe(_Checked):
     """Wall-clock seconds after which one training run stops early; None = no limit."""
     loss_milestones: tuple[tuple[float, float], ...] = ()
     """``[fraction_of_training, max_loss]`` pairs: prune a run whose loss is above ``max_loss`` then."""
+    autocast: Literal["bf16", "fp16"] | None = None
+    """Train and test under ``torch.autocast`` at this dtype (``fp16`` with a gradient scaler, CUDA only); None: fp32."""
 
     def _validate(self) -> None:
         self._require("epochs", self.epochs > 0, "a positive number of epochs")
@@ -310,6 +317,14 @@ class LatencySpec(_Checked):
     """Torch CPU threads while timing (1 avoids OpenMP spin-waiting on shared cores)."""
     placements: tuple[str, ...] | None = None
     """``CxHxW`` placements to time kernels at instead of the search placements (e.g. ResNet-18's ImageNet stages)."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Both sides run under ``torch.autocast`` at this dtype (``fp32``: no autocast; ``fp16``: CUDA only)."""
+    channels_last: bool = False
+    """Both sides' input and 4-d weights in the channels-last memory format."""
+    compile: bool = False
+    """Both sides through ``torch.compile``; compiling is kept out of the timing and reported as ``compile_s``."""
+    cuda_graphs: bool = False
+    """Both sides captured in a CUDA graph and timed as replays (what small, launch-bound batches deploy with; CUDA only)."""
 
     @property
     def longest_s(self) -> float:
@@ -332,6 +347,9 @@ class LatencySpec(_Checked):
         self._require("target_spread", 0 <= self.target_spread < math.inf, "a finite, non-negative fraction")
         self._require("quantile", 0 <= self.quantile <= 0.5, "a number in [0, 0.5]")
         self._require("threads", self.threads >= 1, "a positive integer")
+        if self.cuda_graphs and self.compile:
+            raise ConfigError("`task.latency.cuda_graphs` cannot be combined with `task.latency.compile` (torch.compile captures graphs "
+                              "of its own, with mode 'reduce-overhead'); set one of them to false")
         if self.placements is not None:
             parsed = parse_placements(",".join(self.placements), field="task.latency.placements")
             object.__setattr__(self, "placements", tuple(str(p) for p in parsed))
@@ -406,6 +424,8 @@ class TimeoutSpec(_Checked):
     """Seconds to measure latency."""
     train_s: float = 600.0
     """Seconds to train and test the network."""
+    compile_s: float = 600.0
+    """Seconds to ``torch.compile`` both sides of every timing (only with ``latency.compile``)."""
 
     def _validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -451,6 +471,8 @@ class Task(_Checked):
         limit = self.recipe.max_train_seconds
         if limit is not None and limit > self.timeouts.train_s:
             raise ConfigError(f"`task.recipe.max_train_seconds` ({limit:g}) exceeds `task.timeouts.train_s` ({self.timeouts.train_s:g})")
+        if self.device == "cpu":
+            check_device_options(self, "cpu")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-ready data (lists, not tuples) that :func:`task_from_dict` reads back."""
@@ -673,14 +695,48 @@ def latency_placements(task: Task, search_placements: Sequence[Placement], model
     return tuple(sorted(set(found.values())))
 
 
+#: Options that only CUDA has: dotted key -> (is it asked for?, what to use on the CPU instead).
+_CUDA_ONLY = {
+    "latency.dtype": (lambda t: t.latency.dtype == "fp16", "use 'bf16' or 'fp32' on the CPU"),
+    "latency.cuda_graphs": (lambda t: t.latency.cuda_graphs, "set it to false on the CPU"),
+    "recipe.autocast": (lambda t: t.recipe.autocast == "fp16", "use 'bf16' or null on the CPU"),
+}
+
+
+def check_device_options(task: Task, device: str | torch.device) -> None:
+    """Refuse the task's CUDA-only options on a device that is not CUDA.
+
+    Checked when the task loads with ``device: cpu``, and when a worker resolves
+    ``auto`` (or is given a device) and gets the CPU.
+
+    Raises:
+        ConfigError: in one line naming the first such field.
+    """
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return
+    why = "`task.device` is 'cpu'" if task.device == "cpu" else f"the task runs on {kind} here (`task.device` is {task.device!r})"
+    for key, (asked, instead) in _CUDA_ONLY.items():
+        if asked(task):
+            section, name = key.split(".")
+            value = getattr(getattr(task, section), name)
+            shown = "" if isinstance(value, bool) else f" {value!r}"
+            raise ConfigError(f"`task.{key}`{shown} needs CUDA, but {why}; {instead}")
+
+
 def resolve_device(task: Task) -> torch.device:
     """The device ``task.device`` names (``auto``: CUDA when available).
 
     Raises:
-        ConfigError: when ``cuda`` is asked for and not available.
+        ConfigError: when ``cuda`` is asked for and not available, or the
+            device resolved has not got an option the task asks for
+            (:func:`check_device_options`).
     """
     if task.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("`task.device` is 'cuda' but CUDA is not available here; use 'auto' or 'cpu'")
     if task.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(task.device)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(task.device)
+    check_device_options(task, device)
+    return device

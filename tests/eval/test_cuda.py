@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kasrl.eval.latency import conv3x3, device_fingerprint, time_pair
+from kasrl.eval.latency import TimingOptions, conv3x3, device_fingerprint, prepare_pair, time_pair, time_prepared
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
@@ -16,7 +16,37 @@ def test_cuda_event_timing_of_a_kernel_against_the_conv():
     conv = conv3x3(64).cuda()
     t = time_pair(conv3x3(64).cuda(), conv, x, repeats=5, warmup=2, time_s=0.2)
     assert 0.5 < t.speedup < 2.0  # the same layer against itself
-    assert "gpu" in device_fingerprint("cuda")
+    fp = device_fingerprint("cuda")
+    assert "gpu" in fp and fp["kind"] == "cuda" and fp["cuda"] and fp["hardware"]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_timing_as_deployed(dtype, graphs):
+    """CUDA-event timing in fp32 and bf16, with and without CUDA graphs."""
+    x = torch.randn(8, 64, 32, 32, device="cuda")
+    t = time_pair(conv3x3(64).cuda(), conv3x3(64).cuda(), x, repeats=5, warmup=3, time_s=0.2,
+                  options=TimingOptions(dtype, channels_last=True, cuda_graphs=graphs))
+    assert 0.5 < t.speedup < 2.0 and t.kernel_ms > 0
+
+
+@cuda
+def test_torch_compile_on_the_gpu_is_kept_out_of_the_timing():
+    """A real torch.compile: its time is reported, not timed."""
+    pair = prepare_pair(conv3x3(32), conv3x3(32), torch.randn(8, 32, 16, 16, device="cuda"), TimingOptions("bf16", compile=True))
+    t = time_prepared(pair, repeats=5, warmup=3, time_s=0.2)
+    assert min(pair.compile_s) > 0 and t.kernel_ms < 1000 * min(pair.compile_s)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_worker_given_the_second_gpu_makes_it_current():
+    """A runtime given cuda:1 makes it the current device."""
+    from kasrl.eval.runtime import TaskRuntime
+    from kasrl.tasks import load_task
+
+    rt = TaskRuntime(load_task("digits_cnn"), device="cuda:1")
+    assert torch.cuda.current_device() == 1 and rt.hardware["device"] == "cuda:1"
 
 
 @cuda

@@ -97,8 +97,8 @@ def test_progress_samples_move_the_clock_only_when_the_stage_changes():
 def test_stage_limits_come_from_the_task_timeouts():
     t = load_task("digits_cnn").timeouts
     limits = stage_limits(t)
-    assert limits == {"build": t.build_s, "budget": t.build_s, "timing_queue": 10 * t.latency_s, "latency": t.latency_s,
-                      "accuracy": t.train_s, "baseline": t.train_s}
+    assert limits == {"build": t.build_s, "budget": t.build_s, "compile": t.compile_s, "timing_queue": 10 * t.latency_s,
+                      "latency": t.latency_s, "accuracy": t.train_s, "baseline": t.train_s}
 
 
 # -- deaths ---------------------------------------------------------------------------------------

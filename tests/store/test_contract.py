@@ -87,6 +87,22 @@ def test_lookup_narrows_by_fidelity(store):
     assert store.lookup("task-a", "k0", fidelity="other") is None
 
 
+def test_lookup_narrows_by_hardware_and_rows_without_a_key_never_match(store):
+    """lookup(hardware=...) returns only records measured on that hardware."""
+    old = store.append(make_record(0))  # written before results carried a hardware key
+    on_a = store.append(make_record(0, device={"gpu": "GPU A", "hardware": "hw-a"}))
+    on_b = store.append(make_record(0, device={"gpu": "GPU B", "hardware": "hw-b"}))
+    assert store.lookup("task-a", "k0", hardware="hw-a").id == on_a
+    assert store.lookup("task-a", "k0", hardware=["hw-b", "hw-c"]).id == on_b
+    assert store.lookup("task-a", "k0", hardware=("hw-a", "hw-b")).id == on_b  # the most recent of them
+    assert store.lookup("task-a", "k0", hardware="hw-c") is None
+    assert store.lookup("task-a", "k0", hardware=()) is None  # no hardware accepted: nothing
+    assert store.lookup("task-a", "k0", fidelity="analytic", hardware="hw-a") is None
+    assert store.lookup("task-a", "k0").id == on_b  # not narrowed: any
+    assert store.lookup("task-a", "k0", hardware="") is None  # "" is no key: the old row is not found through it
+    assert [r.hardware for r in store.records()] == ["", "hw-a", "hw-b"] and old == 1
+
+
 def test_records_are_in_insertion_order_and_filter(store):
     plan = [("run1", "random", "task-a"), ("run2", "ppo", "task-a"), ("run1", "random", "task-b"), ("run2", "ppo", "task-b")]
     for n, (run, strategy, task) in enumerate(plan * 2):

@@ -194,3 +194,39 @@ def test_cifar_needs_a_path():
 def test_unknown_dataset_suggests():
     with pytest.raises(ConfigError, match=re.escape("`task.dataset.name`: unknown dataset 'fashion-mnist'; did you mean 'fashion_mnist'?")):
         DatasetSpec("fashion-mnist")
+
+
+# -- synthetic data ------------------------------------------------------------------------------------
+def test_synthetic_data_is_random_images_of_the_given_shape_seeded():
+    """Synthetic data has the asked shape and classes and follows its seed."""
+    spec = DatasetSpec("synthetic", train_size=40, test_size=10, image_shape=(3, 16, 12), num_classes=5, seed=3)
+    a, b = load_dataset(spec), load_dataset(spec)
+    x, y = a.train.tensors
+    assert x.shape == (40, 3, 16, 12) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert a.test.tensors[0].shape == (10, 3, 16, 12) and int(y.min()) >= 0 and int(y.max()) < 5
+    assert (a.num_classes, a.in_channels, a.image_size, a.name) == (5, 3, (16, 12), "synthetic")
+    assert torch.equal(x, b.train.tensors[0]) and torch.equal(y, b.train.tensors[1])  # seeded
+    other = load_dataset(DatasetSpec("synthetic", train_size=40, test_size=10, image_shape=(3, 16, 12), num_classes=5, seed=4))
+    assert not torch.equal(x, other.train.tensors[0])
+    assert "no signal" in a.source and abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1
+
+
+def test_synthetic_defaults_and_resize():
+    """Synthetic defaults: 1024/256 images of 3x32x32, 10 classes; resize applies."""
+    splits = load_dataset(DatasetSpec("synthetic"))
+    assert splits.train.tensors[0].shape == (1024, 3, 32, 32) and len(splits.test) == 256 and splits.num_classes == 10
+    small = load_dataset(DatasetSpec("synthetic", train_size=4, test_size=2, resize=(8, 8)))
+    assert small.image_size == (8, 8) and data.dataset_info(DatasetSpec("synthetic", resize=(8, 8))).image_size == (8, 8)
+    assert data.dataset_info(DatasetSpec("synthetic", image_shape=(1, 28, 28), num_classes=3)).in_channels == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "digits", "num_classes": 4}, "`task.dataset.num_classes` is only for the 'synthetic' dataset, not 'digits'"),
+    ({"name": "synthetic", "image_shape": (3, 32)}, "`task.dataset.image_shape` must be [channels, height, width], all at least 1"),
+    ({"name": "synthetic", "image_shape": (0, 32, 32)}, "`task.dataset.image_shape` must be [channels, height, width]"),
+    ({"name": "synthetic", "num_classes": 1}, "`task.dataset.num_classes` must be at least 2, got 1"),
+])
+def test_synthetic_fields_are_checked(kwargs, message):
+    """The synthetic fields are checked and refused for other datasets."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DatasetSpec(**kwargs)

@@ -39,7 +39,7 @@ def _with(d: dict, dotted: str, value) -> dict:
 
 
 def test_shipped_configs_are_listed():
-    assert {"fashion_mnist_cnn", "digits_cnn", "cifar10_resnet18", "resnet18_imagenet_latency"} <= set(list_tasks())
+    assert {"fashion_mnist_cnn", "digits_cnn", "cifar10_resnet18", "resnet18_imagenet_latency", "cifar10_resnet18_gpu"} <= set(list_tasks())
 
 
 def test_every_shipped_config_starts_with_a_comment():
@@ -77,7 +77,9 @@ def test_fingerprint_is_stable_and_ignores_name_and_description():
 
 @pytest.mark.parametrize(
     "dotted, value",
-    [("recipe.lr", 0.5), ("dataset.train_size", 999), ("dataset.seed", 7), ("seed", 3), ("budget.flops", 2.0), ("network.width", 8)],
+    [("recipe.lr", 0.5), ("dataset.train_size", 999), ("dataset.seed", 7), ("seed", 3), ("budget.flops", 2.0), ("network.width", 8),
+     ("latency.dtype", "bf16"), ("latency.channels_last", True), ("latency.compile", True), ("recipe.autocast", "bf16"),
+     ("timeouts.compile_s", 30.0)],
 )
 def test_fingerprint_changes_with_what_changes_results(dotted, value):
     assert task_from_dict(_with(_digits(), dotted, value)).fingerprint != task_from_dict(_digits()).fingerprint
@@ -286,3 +288,63 @@ def test_latency_settings_are_checked_at_load(override, message):
 def test_max_time_s_defaults_to_three_times_time_s():
     task = task_from_dict(load_task("digits_cnn").to_dict(), overrides={"latency.time_s": 5.0, "latency.max_time_s": None})
     assert task.latency.longest_s == 15.0
+
+
+# -- how latency is taken, and what only CUDA has ---------------------------------------------------------
+def test_latency_options_default_to_fp32_eager():
+    """Without the new keys, tasks time fp32 eager as before."""
+    spec = load_task("digits_cnn").latency
+    assert (spec.dtype, spec.channels_last, spec.compile, spec.cuda_graphs) == ("fp32", False, False, False)
+    assert load_task("digits_cnn").recipe.autocast is None and load_task("digits_cnn").timeouts.compile_s == 600.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"latency.dtype": "fp16"}, "`task.latency.dtype` 'fp16' needs CUDA, but `task.device` is 'cpu'; use 'bf16' or 'fp32' on the CPU"),
+    ({"latency.cuda_graphs": True}, "`task.latency.cuda_graphs` needs CUDA, but `task.device` is 'cpu'; set it to false on the CPU"),
+    ({"recipe.autocast": "fp16"}, "`task.recipe.autocast` 'fp16' needs CUDA, but `task.device` is 'cpu'; use 'bf16' or null on the CPU"),
+    ({"device": "cuda", "latency.compile": True, "latency.cuda_graphs": True},
+     "`task.latency.cuda_graphs` cannot be combined with `task.latency.compile`"),
+    ({"latency.dtype": "fp64"}, "`task.latency.dtype` must be one of 'fp32', 'bf16', 'fp16', got 'fp64' (str)"),
+    ({"latency.channels_last": "yes"}, "`task.latency.channels_last` must be true or false, got 'yes' (str)"),
+    ({"latency.compile": 1}, "`task.latency.compile` must be true or false, got 1 (int)"),
+    ({"recipe.autocast": "fp32"}, "`task.recipe.autocast` must be one of 'bf16', 'fp16' or null, got 'fp32' (str)"),
+    ({"timeouts.compile_s": 0}, "`task.timeouts.compile_s` must be a positive number of seconds, got 0.0"),
+    ({"dataset.image_shape": [3, 32, 32]}, "`task.dataset.image_shape` is only for the 'synthetic' dataset, not 'digits'; remove it"),
+])
+def test_bad_latency_and_device_combinations_fail_at_load_in_one_line(override, message):
+    """Impossible option combinations name the field in one line."""
+    with pytest.raises(ConfigError) as e:
+        task_from_dict(load_task("digits_cnn").to_dict(), overrides=override)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cuda_only_options_load_for_cuda_and_auto_and_auto_checks_where_it_runs():
+    """CUDA-only options load for cuda/auto; auto refuses them on a CPU."""
+    for device in ("cuda", "auto"):
+        task = task_from_dict(_digits(), overrides={"device": device, "latency.dtype": "fp16", "latency.cuda_graphs": True,
+                                                    "recipe.autocast": "fp16"})
+        assert task.latency.dtype == "fp16"
+    if torch.cuda.is_available():
+        assert resolve_device(task).type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match=re.escape("`task.latency.dtype` 'fp16' needs CUDA, but the task runs on cpu here "
+                                                        "(`task.device` is 'auto')")):
+            resolve_device(task)
+
+
+def test_the_gpu_task_times_resnet18_as_gpus_deploy_it_on_synthetic_data():
+    """The shipped GPU task: ResNet-18, bf16, channels-last, synthetic data."""
+    task = load_task("cifar10_resnet18_gpu")
+    assert task.device == "cuda" and task.network.name == "resnet18_cifar" and task.dataset.name == "synthetic"
+    assert (task.latency.dtype, task.latency.channels_last, task.recipe.autocast) == ("bf16", True, "bf16")
+    assert task_input_shape(task) == (3, 32, 32)
+    model, names = build_task_network(task)
+    assert len(names) == 13 and task_placements(task, model)[0] == Placement(64, 32, 32)
+    text = (TASKS_DIR / "cifar10_resnet18_gpu.yaml").read_text()
+    assert "cifar10_resnet18.yaml" in text and "chance" in text  # it points to the measured task and says what its accuracy is
+    assert "cifar10_resnet18_gpu.yaml" in (TASKS_DIR / "cifar10_resnet18.yaml").read_text()
+    on_cpu = task_from_dict(task.to_dict(), overrides={"device": "cpu"})  # bf16 and channels-last run on a CPU too
+    assert on_cpu.latency.dtype == "bf16"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=re.escape("`task.device` is 'cuda' but CUDA is not available here")):
+            resolve_device(task)
