@@ -16,6 +16,8 @@ import pytest
 from kasrl.eval.cache import CachedEvaluator
 from kasrl.eval.measured import MeasuredEvaluator, reward_from
 from kasrl.eval.task_space import task_search_setup
+from agents.random_sampler import RandomSampler
+from kasrl.space import SearchSpace
 from kasrl.store.records import Status
 from kasrl.store.sqlite import SQLiteStore
 from kasrl.tasks import load_task, task_from_dict
@@ -115,6 +117,7 @@ def test_kill_9_mid_evaluation_keeps_every_committed_row(tmp_path):
                 from kasrl.eval.cache import CachedEvaluator
         from kasrl.eval.measured import MeasuredEvaluator
         from kasrl.eval.task_space import task_search_setup
+from kasrl.space import SearchSpace
                 from kasrl.store.sqlite import SQLiteStore
         from kasrl.tasks import load_task, task_from_dict
         if __name__ == "__main__":

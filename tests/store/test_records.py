@@ -12,8 +12,9 @@ from tests.store.test_contract import make_record
 
 
 def test_status_names_round_trip():
-    assert [s.label for s in Status] == ["ok", "build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash"]
-    assert [int(s) for s in Status] == list(range(7))
+    assert [s.label for s in Status] == ["ok", "build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash",
+                                         "screened_slow", "screened_accuracy"]
+    assert [int(s) for s in Status] == list(range(9))
     for s in Status:
         assert Status.from_name(s.label) is s
         assert Status.from_name(s.name) is s
@@ -36,7 +37,7 @@ def test_status_is_coerced_from_label_and_int():
         ("task_fingerprint", "", "`task_fingerprint` must be a non-empty string"),
         ("kernel_hash", None, "`kernel_hash` must be a non-empty string"),
         ("kernel_doc", {"nodes": []}, "`kernel_doc` must be a non-empty string"),
-        ("status", 7, "`status` 7 is not a status value"),
+        ("status", 9, "`status` 9 is not a status value"),
         ("status", True, "`status` must be a Status"),
         ("reward", float("nan"), "`reward` must not be NaN"),
         ("reward", "1.0", "`reward` must be a number"),
