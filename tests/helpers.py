@@ -70,7 +70,7 @@ class PlantedLatency:
         terms += [m * (4 * self.per_byte) for m in inf.params]
         return tuple(terms)
 
-    def overhead_terms(self) -> tuple:
+    def kernel_terms(self) -> tuple:
         from kasrl.ir.dims import Monomial
 
         return (Monomial.const(self.overhead),)

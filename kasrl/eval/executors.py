@@ -73,6 +73,22 @@ class PoolEvaluator(Evaluator):
         """Evaluate a batch concurrently (results in input order)."""
         return list(self._pool.map(self._one, kernels))
 
+    def measure_many(self, kernels: Sequence, skip: Sequence[str] = (), options: dict | None = None) -> list:
+        """Raw stage outcomes of a batch at a chosen fidelity, concurrently (a ladder rung; see ``MeasuredEvaluator.measure``)."""
+
+        def one(kernel):
+            worker = self._idle.get()
+            try:
+                return worker.measure(kernel, skip, options)
+            finally:
+                self._idle.put(worker)
+
+        return list(self._pool.map(one, kernels))
+
+    def baseline(self, fraction: float = 1.0, seed: int | None = None) -> dict:
+        """The baseline's metrics (its first worker's; see ``MeasuredEvaluator.baseline``)."""
+        return self.workers[0].baseline(fraction, seed)
+
     def close(self) -> None:
         """Stop every worker."""
         self._pool.shutdown(wait=True)

@@ -168,6 +168,7 @@ class Ladder(Evaluator):
         evs = [k if isinstance(k, Evaluable) else GraphKernel(k) for k in kernels]
         done: list = [None] * len(evs)
         outcomes: list = [[] for _ in evs]
+        reused = [0.0] * len(evs)
         alive = list(range(len(evs)))
         for depth, rung in enumerate(self.rungs):
             if not alive:
@@ -177,6 +178,7 @@ class Ladder(Evaluator):
                 stored = self._lookup(evs[i], rung)
                 if stored is not None:
                     outcomes[i].append(stored)
+                    reused[i] += sum(float(v.get("seconds", 0.0)) for v in stored.stages.values())
                 else:
                     fresh.append(i)
             if fresh:
@@ -197,6 +199,9 @@ class Ladder(Evaluator):
                 else:
                     still.append(i)
             alive = still
+        for i, r in enumerate(done):
+            if reused[i]:  # the budget charges what the stored rungs cost when they ran
+                r.metrics["reused_seconds"] = reused[i]
         return done
 
     # -- results -------------------------------------------------------------------------------
@@ -275,3 +280,131 @@ def _numbers(metrics: dict) -> dict:
 
 def _objectives(metrics: dict) -> tuple:
     return (float(metrics.get("speedup", 0.0)), float(metrics.get("accuracy", 0.0)))
+
+
+# -- the real rungs ---------------------------------------------------------------------------
+def _squashed(log_speedup: float, spec: Any) -> float:
+    """The reward of a kernel at this log speedup and full accuracy: an upper bound of its reward (squash included)."""
+    from kasrl.eval.measured import reward_from
+
+    return reward_from({"speedup": math.exp(log_speedup), "accuracy": 0.0}, 0.0, spec)
+
+
+class PredictRung:
+    """Rung ``predict``: the latency model's prediction of the kernel against the conv at each timed placement.
+
+    The network's time is its other layers' (unchanged) plus its placeholders', so
+    its speedup is at most the best kernel-level speedup (or 1); ``margin`` covers
+    the model's error. Costs a few milliseconds, no worker.
+    """
+
+    name = "predict"
+
+    def __init__(self, model: Any, placements: Sequence, margin: float) -> None:
+        self.model, self.placements, self.margin = model, tuple(placements), margin
+
+    def run(self, items: Sequence[tuple]) -> list:
+        out = []
+        for ev, _ in items:
+            start = time.perf_counter()
+            graph = getattr(ev, "graph", None)
+            if graph is None:  # a planted test kernel: nothing to predict
+                out.append(RungOutcome(Status.OK, {}, {"predict": {"outcome": "ok", "seconds": 0.0}}))
+                continue
+            speedups = {str(p): self.model.predict_conv3x3(p) / max(self.model.predict(graph, p), 1e-12) for p in self.placements}
+            best = max([1.0, *speedups.values()])
+            metrics = {f"predicted_speedup/{p}": v for p, v in speedups.items()}
+            metrics["predicted_kernel_speedup"] = math.exp(sum(math.log(v) for v in speedups.values()) / len(speedups))
+            out.append(RungOutcome(Status.OK, metrics, {"predict": {"outcome": "ok", "seconds": time.perf_counter() - start}},
+                                   bound=math.log(best) + self.margin))
+        return out
+
+
+class MeasuredRung:
+    """A rung that runs some stages of the measured pipeline in the evaluation workers, at a chosen fidelity.
+
+    Args:
+        name: ``screen``, ``precise``, ``short`` or ``full``.
+        runner: the evaluator whose workers run it (its ``measure_many``).
+        task: the task (its reward settings and the ladder's margins).
+        baseline: the baseline network's full-recipe metrics (``accuracy``).
+        short_baseline: the baseline's metrics after the short recipe (``short`` only).
+    """
+
+    #: stages skipped and fidelity options per rung
+    PLANS = {
+        "screen": (("accuracy",), None),
+        "precise": (("build", "budget", "accuracy"), {}),
+        "short": (("build", "budget", "latency"), None),
+        "full": (("build", "budget", "latency"), {}),
+    }
+
+    def __init__(self, name: str, runner: Any, task: Any, baseline: dict, short_baseline: dict | None = None) -> None:
+        self.name, self.runner, self.task = name, runner, task
+        self.baseline, self.short_baseline = baseline, short_baseline
+        skip, options = self.PLANS[name]
+        ladder = task.ladder
+        if name == "screen":
+            options = {"latency": {"time_s": ladder.screen_time_s, "max_time_s": ladder.screen_time_s, "repeats": 5, "warmup": 1}}
+        elif name == "short":
+            options = {"train_fraction": ladder.short_fraction}
+        self.skip, self.options = skip, options
+
+    def run(self, items: Sequence[tuple]) -> list:
+        raws = self.runner.measure_many([ev for ev, _ in items], self.skip, self.options)
+        return [self._outcome(raw, before) for raw, (_, before) in zip(raws, items, strict=True)]
+
+    def _outcome(self, raw: Any, before: list) -> RungOutcome:
+        metrics = {k: v for k, v in raw.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "pruned" in raw.metrics:
+            metrics["pruned"] = 1.0
+        if not raw.status.is_ok():
+            return RungOutcome(raw.status, metrics, dict(raw.stages), raw.cause, device=dict(raw.device))
+        return getattr(self, f"_{self.name}")(metrics, raw, before)
+
+    def _speed(self, before: list, metrics: dict) -> float:
+        """The kernel's measured network speedup: this rung's, else the most precise rung before's."""
+        for m in [metrics] + [b.metrics for b in reversed(before)]:
+            if "speedup" in m:
+                return float(m["speedup"])
+        raise KeyError("no rung before measured the speedup")
+
+    def _screen(self, metrics: dict, raw: Any, before: list) -> RungOutcome:
+        spread = float(metrics.get("speedup_spread", 0.0))
+        metrics = {f"screen_{k}" if k.startswith(("speedup", "kernel_", "latency", "baseline_latency")) else k: v for k, v in metrics.items()}
+        speed = float(metrics["screen_speedup"])
+        return RungOutcome(Status.OK, metrics, dict(raw.stages), bound=_squashed(math.log(speed), self.task.reward),
+                           noise=self.task.ladder.screen_margin + 2 * spread, device=dict(raw.device))
+
+    def _precise(self, metrics: dict, raw: Any, before: list) -> RungOutcome:
+        spread = float(metrics.get("speedup_spread", 0.0))
+        return RungOutcome(Status.OK, metrics, dict(raw.stages), bound=_squashed(math.log(metrics["speedup"]), self.task.reward),
+                           noise=2 * spread, device=dict(raw.device))
+
+    def _short(self, metrics: dict, raw: Any, before: list) -> RungOutcome:
+        from kasrl.eval.measured import reward_from
+
+        spec = self.task.reward
+        speed = self._speed(before, {})
+        full, short = self.baseline["accuracy"], self.short_baseline["accuracy"]
+        expected = float(metrics.pop("accuracy")) + (full - short)  # a short run's accuracy, lifted by the baseline's own gain
+        metrics = {f"short_{k}": v for k, v in metrics.items()}
+        metrics["short_expected_accuracy"] = expected
+        speed_bound = _squashed(math.log(speed), spec)
+        estimate = reward_from({"speedup": speed, "accuracy": expected}, full, spec)
+        noise = spec.slope * self.task.ladder.accuracy_noise if estimate < speed_bound else 0.0
+        bound = min(speed_bound, estimate)
+        return RungOutcome(Status.OK, metrics, dict(raw.stages), bound=bound, noise=noise,
+                           screened="accuracy" if estimate < speed_bound else "slow", device=dict(raw.device))
+
+    def _full(self, metrics: dict, raw: Any, before: list) -> RungOutcome:
+        from kasrl.eval.measured import reward_from
+
+        base = self.baseline["accuracy"]
+        speed = self._speed(before, {})
+        metrics.update(baseline_accuracy=base, accuracy_gap=base - metrics["accuracy"])
+        reward = reward_from({"speedup": speed, "accuracy": metrics["accuracy"]}, base, self.task.reward)
+        return RungOutcome(Status.OK, metrics, dict(raw.stages), bound=reward, reward=reward, device=dict(raw.device))
+
+    def close(self) -> None:
+        """The runner is closed by whoever made it."""

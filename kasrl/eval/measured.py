@@ -135,14 +135,31 @@ class MeasuredEvaluator(Evaluator):
             from kasrl.eval.stages import run_baseline, run_stages
 
             if kind == "baseline":
-                return run_baseline(self.runtime)
+                return run_baseline(self.runtime, (payload or {}).get("options"))
             kernel = payload["kernel"] if "kernel" in payload else GraphKernel(payload["doc"])
-            return run_stages(self.runtime, kernel, skip=self.skip)
+            return run_stages(self.runtime, kernel, skip=tuple(payload.get("skip", self.skip)), options=payload.get("options"))
         worker = self._ensure_worker()
         if kind == "eval":
             payload = {k: v for k, v in payload.items() if k != "kernel"}
-            payload["skip"] = list(self.skip)
+            payload.setdefault("skip", list(self.skip))
         return worker.request(kind, payload)
+
+    def measure(self, kernel: KernelGraph | Evaluable, skip: Sequence[str] = (), options: dict | None = None) -> StageOutcome:
+        """Run the stages on one kernel at a chosen fidelity (no reward: a ladder rung's raw outcome).
+
+        Args:
+            kernel: what to measure.
+            skip: stages not to run.
+            options: see :func:`kasrl.eval.stages.run_stages` (latency overrides, ``train_fraction``, ``seed``).
+        """
+        ev = kernel if isinstance(kernel, Evaluable) else GraphKernel(kernel)
+        payload = {"kernel": ev, "doc": ev.doc} if not getattr(ev, "planted", None) else {"kernel": ev, "planted": ev.planted}
+        payload.update(skip=list(skip), options=dict(options or {}))
+        return self._run("eval", payload)
+
+    def measure_many(self, kernels: Sequence, skip: Sequence[str] = (), options: dict | None = None) -> list:
+        """:meth:`measure` for several kernels, one after the other (pools and Ray run them at once)."""
+        return [self.measure(k, skip, options) for k in kernels]
 
     def close(self) -> None:
         """Stop the worker process."""
@@ -157,30 +174,36 @@ class MeasuredEvaluator(Evaluator):
         self.close()
 
     # -- baseline -----------------------------------------------------------------------
-    def baseline(self) -> dict:
+    def baseline(self, fraction: float = 1.0, seed: int | None = None) -> dict:
         """Accuracy of the unmodified network on this task (trained once per hardware, then cached in the store).
 
         The cached one is reused only from the same hardware (``hardware_keys``):
-        kernels are compared with a baseline trained as they are.
+        kernels are compared with a baseline trained as they are. ``fraction`` and
+        ``seed`` train it as a ladder's short rung or a confirmation does (each its
+        own cached row).
         """
-        if self._baseline is not None:
+        variant = "" if (fraction == 1.0 and seed is None) else f":fraction={fraction:g}:seed={seed}"
+        if not variant and self._baseline is not None:
             return self._baseline
         if self.store is not None:
-            hit = self.store.lookup(self.task.fingerprint, BASELINE, fidelity=self.fidelity, hardware=self.hardware_keys())
+            hit = self.store.lookup(self.task.fingerprint, BASELINE + variant, fidelity=self.fidelity, hardware=self.hardware_keys())
             if hit is not None and hit.status.is_ok():
-                self._baseline = dict(hit.metrics)
-                return self._baseline
+                if not variant:
+                    self._baseline = dict(hit.metrics)
+                return dict(hit.metrics)
         start = time.time()
-        out = self._run("baseline", None)
+        options = {"train_fraction": fraction, "seed": seed} if variant else None
+        out = self._run("baseline", {"options": options} if options else None)
         if not out.status.is_ok() or "accuracy" not in out.metrics:
             raise RuntimeError(f"training the baseline network failed: {out.cause or out.to_dict()}")
-        self._baseline = dict(out.metrics)
+        if not variant:
+            self._baseline = dict(out.metrics)
         if self.store is not None:
-            self.store.append(EvalRecord(self.task.fingerprint, BASELINE, '{"baseline": "the unmodified network"}', Status.OK, 0.0,
+            self.store.append(EvalRecord(self.task.fingerprint, BASELINE + variant, '{"baseline": "the unmodified network"}', Status.OK, 0.0,
                                          dict(out.metrics),
                                          {"accuracy": {"outcome": "ok", "seconds": time.time() - start}},
                                          dict(out.device or self._known_device()), self.run_id, BASELINE, self.fidelity))
-        return self._baseline
+        return dict(out.metrics)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, kernel: KernelGraph | Evaluable) -> EvalResult:

@@ -325,6 +325,15 @@ class RayEvaluator(MeasuredEvaluator):
         raws = self._dispatch([("eval", p) for p in payloads])
         return [self._result(raw, ev.hash, baseline_acc) for raw, ev in zip(raws, evs, strict=True)]
 
+    def measure_many(self, kernels: Sequence, skip: Sequence[str] = (), options: dict | None = None) -> list:
+        """Raw stage outcomes of a batch at a chosen fidelity, on the actors at once (a ladder rung)."""
+        evs = [k if isinstance(k, Evaluable) else GraphKernel(k) for k in kernels]
+        if not evs:
+            return []
+        extra = {"skip": list(skip), "options": dict(options or {})}
+        payloads = [{"planted": ev.planted, **extra} if getattr(ev, "planted", None) else {"doc": ev.doc, **extra} for ev in evs]
+        return self._dispatch([("eval", p) for p in payloads])
+
     def _dispatch(self, jobs: list) -> list:
         """Run ``[(kind, payload), ...]`` on the actors; their outcomes in order."""
         import ray
@@ -496,7 +505,8 @@ def _device_of(info: dict) -> dict:
 
 
 def _wire(payload) -> dict | None:
-    """What travels to an actor: the kernel's JSON document (or a planted class name), never the object."""
+    """What travels to an actor: the kernel's JSON document (or a planted class name) and plain
+    options (a rung's fidelity, the stages to skip), never the object."""
     if payload is None:
         return None
-    return {k: v for k, v in payload.items() if k in ("doc", "planted")}
+    return {k: v for k, v in payload.items() if k in ("doc", "planted", "options", "skip")}

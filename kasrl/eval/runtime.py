@@ -6,6 +6,7 @@ one :class:`TaskRuntime` and evaluates many kernels with it.
 
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 import math
 import os
@@ -120,10 +121,11 @@ class TaskRuntime:
         self.input_shape = task_input_shape(self.task)
 
     def network(self, build: Callable[[Placement], nn.Module] | None = None, seed: int | None = None) -> nn.Module:
-        """A fresh task network (same initial weights for the same seed) with a
-        kernel from ``build`` in every placeholder (the baseline when None)."""
-        torch.manual_seed(self.task.seed if seed is None else seed)
-        model, _ = build_task_network(self.task)
+        """A fresh task network (same initial weights for the same seed; default the
+        task's) with a kernel from ``build`` in every placeholder (the baseline when None)."""
+        task = self.task if seed is None else dataclasses.replace(self.task, seed=seed)
+        torch.manual_seed(task.seed)
+        model, _ = build_task_network(task)
         if build is not None:
             from kasrl.placeholders import record_placements
 
@@ -199,8 +201,13 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     return 100.0 * correct / max(len(x), 1)
 
 
-def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | None = None, threads: int | None = None) -> TrainOutcome:
+def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | None = None, threads: int | None = None,
+                   fraction: float = 1.0, seed: int | None = None) -> TrainOutcome:
     """Train ``model`` with the task's recipe, then test it.
+
+    ``fraction`` < 1 trains for that fraction of the recipe's steps (the learning-rate
+    schedule compressed to fit: a short run of the same recipe, the ladder's short
+    rung); ``seed`` orders the data (default the task's seed).
 
     Runs under ``torch.autocast`` when the recipe asks (``recipe.autocast``; fp16
     with a gradient scaler). Each step holds the device's timing lock shared
@@ -228,10 +235,10 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
         x_test, y_test = _tensors(runtime.data.test)
         n = len(x_train)
         per_epoch = math.ceil(n / recipe.batch_size)
-        total = max(1, int(round(recipe.epochs * per_epoch)))
+        total = max(1, int(round(recipe.epochs * per_epoch * fraction)))
         milestones = sorted((int(f * total), loss) for f, loss in recipe.loss_milestones)
         schedule = _schedule(opt, recipe, total)
-        gen = torch.Generator().manual_seed(task.seed)
+        gen = torch.Generator().manual_seed(task.seed if seed is None else seed)
         order = torch.randperm(n, generator=gen)
         running = None
         pruned = ""

@@ -21,6 +21,7 @@ where they ran (``device``: the worker's :attr:`~kasrl.eval.runtime.TaskRuntime.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Callable
@@ -166,14 +167,13 @@ def _timing_cap(spec: LatencySpec, deadline: float, timings_left: int) -> float:
     return max(spec.time_s, min(spec.longest_s, share))
 
 
-def _prepared_pairs(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None) -> list:
+def _prepared_pairs(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None, spec: LatencySpec) -> list:
     """``[(name, PreparedPair)]``: the kernel against the conv at each timed placement, then the networks.
 
     Each pair is readied (and compiled, captured) as one compute step on the
     device, before the timing lock is taken: compiling never runs while a
     neighbour times there, nor holds the lock while it does.
     """
-    spec = rt.task.latency
     options = TimingOptions.from_spec(spec)
     if options.compile and report is not None:
         report(COMPILE)  # compiling has its own limit (timeouts.compile_s) and is not timed
@@ -194,9 +194,16 @@ def _time(pair: PreparedPair, spec: LatencySpec, max_time_s: float):
                          target_spread=spec.target_spread)
 
 
-def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Callable[[str], None] | None = None) -> None:
-    spec = rt.task.latency
-    pairs = _prepared_pairs(rt, kernel, report)
+def _latency_spec(rt: TaskRuntime, options: dict) -> LatencySpec:
+    """The task's latency settings with a rung's overrides (``options["latency"]``: time_s, max_time_s, ...)."""
+    over = options.get("latency") or {}
+    return dataclasses.replace(rt.task.latency, **over) if over else rt.task.latency
+
+
+def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Callable[[str], None] | None = None,
+                   options: dict | None = None) -> None:
+    spec = _latency_spec(rt, options or {})
+    pairs = _prepared_pairs(rt, kernel, report, spec)
     if spec.compile:
         metrics["compile_s"] = sum(pair.compile_s[0] for _, pair in pairs)  # the kernel's, every placement and the network
         metrics["baseline_compile_s"] = sum(pair.compile_s[1] for _, pair in pairs)
@@ -224,15 +231,18 @@ def _stage_latency(rt: TaskRuntime, kernel: Evaluable, metrics: dict, report: Ca
     metrics["baseline_latency_median_ms"] = t.baseline_median_ms
 
 
-def _stage_accuracy(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> None:
-    net = rt.network(kernel.build)
-    out = train_and_test(rt, net, rt.task.timeouts.train_s)
+def _stage_accuracy(rt: TaskRuntime, kernel: Evaluable, metrics: dict, options: dict | None = None) -> None:
+    options = options or {}
+    seed = options.get("seed")
+    net = rt.network(kernel.build, seed=seed)
+    out = train_and_test(rt, net, rt.task.timeouts.train_s, fraction=float(options.get("train_fraction", 1.0)), seed=seed)
     metrics.update(accuracy=out.accuracy, train_loss=out.final_loss, train_seconds=out.seconds, train_steps=out.steps)
     if out.pruned:
         metrics["pruned"] = out.pruned
 
 
-def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None = None, skip: tuple = ()) -> StageOutcome:
+def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None] | None = None, skip: tuple = (),
+               options: dict | None = None) -> StageOutcome:
     """Run the stages in order, stopping at the first failure (never raises for a bad kernel).
 
     Args:
@@ -241,6 +251,10 @@ def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None]
         report: called with a stage's name when it starts (the worker uses it
             so its parent can enforce per-stage time limits).
         skip: stages not to run (e.g. ``("accuracy",)`` for a latency-only pass).
+        options: a lower or different fidelity (the ladder's rungs; plain data):
+            ``latency`` overrides of the task's latency settings (``time_s``,
+            ``max_time_s``, ``target_spread``...), ``train_fraction`` of the
+            recipe's steps, and the training ``seed``.
     """
     metrics: dict = {}
     stages: dict = {}
@@ -259,9 +273,9 @@ def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None]
                     return StageOutcome.failure(Status.BUDGET_VIOLATION, problem, stage=name, seconds=time.perf_counter() - start,
                                                 metrics=metrics, stages=stages, device=rt.hardware)
             elif name == "latency":
-                _stage_latency(rt, kernel, metrics, report)
+                _stage_latency(rt, kernel, metrics, report, options)
             else:
-                _stage_accuracy(rt, kernel, metrics)
+                _stage_accuracy(rt, kernel, metrics, options)
         except Exception as e:  # noqa: BLE001 - every failure becomes a typed outcome
             status, cause = classify(name, e)
             return StageOutcome.failure(status, cause, stage=name, seconds=time.perf_counter() - start, metrics=metrics, stages=stages,
@@ -270,15 +284,19 @@ def run_stages(rt: TaskRuntime, kernel: Evaluable, report: Callable[[str], None]
     return StageOutcome(Status.OK, "", metrics, stages, dict(rt.hardware))
 
 
-def run_baseline(rt: TaskRuntime) -> StageOutcome:
-    """Accuracy of the unmodified network on the task's recipe (computed once per task).
+def run_baseline(rt: TaskRuntime, options: dict | None = None) -> StageOutcome:
+    """Accuracy of the unmodified network on the task's recipe (computed once per task;
+    ``options``: ``train_fraction`` and ``seed``, as for :func:`run_stages`).
 
     Its metrics are ``accuracy``, ``train_seconds`` and ``train_loss``; a failure
     to train is an outcome with the cause, not an exception.
     """
+    options = options or {}
+    seed = options.get("seed")
     start = time.perf_counter()
     try:
-        out = train_and_test(rt, rt.network(None), rt.task.timeouts.train_s)
+        out = train_and_test(rt, rt.network(None, seed=seed), rt.task.timeouts.train_s, fraction=float(options.get("train_fraction", 1.0)),
+                             seed=seed)
     except Exception as e:  # noqa: BLE001 - the evaluator raises with this cause
         status, cause = classify("baseline", e)
         return StageOutcome.failure(status, cause, device=rt.hardware)
@@ -298,12 +316,13 @@ def run_job(rt: TaskRuntime, kind: str, payload: dict | None, report: Callable[[
         report: called with a stage's name when it starts.
         skip: stages not to run.
     """
+    options = (payload or {}).get("options") or {}
     if kind == "baseline":
         if report is not None:
             report("baseline")
-        return run_baseline(rt)
+        return run_baseline(rt, options)
     try:
         kernel = kernel_from_payload(payload)
     except Exception as e:  # noqa: BLE001 - a kernel that cannot be loaded is the kernel's failure
         return StageOutcome.failure(Status.BUILD_ERROR, f"load: {type(e).__name__}: {e}", device=getattr(rt, "hardware", None))
-    return run_stages(rt, kernel, report=report, skip=skip)
+    return run_stages(rt, kernel, report=report, skip=tuple(payload.get("skip", skip)), options=options)

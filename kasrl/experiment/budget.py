@@ -160,6 +160,8 @@ class BudgetedEvaluator(Evaluator):
     def _note(self, kernel: KernelGraph, result: EvalResult) -> ResultRecord:
         if result.cached:
             self._charged += sum(float(v.get("seconds", 0.0)) for v in result.stages.values() if isinstance(v, dict))
+        else:  # parts taken from the store (a ladder's rungs done before) cost their recorded seconds too
+            self._charged += float(result.metrics.get("reused_seconds", 0.0))
         self.spent += 1
         self.best_reward = max(self.best_reward, result.reward)
         rec = ResultRecord(self.spent, self.elapsed, result, self.best_reward, dumps(kernel))

@@ -117,8 +117,9 @@ def make_space(cfg: RunConfig, placements, budget, latency=None) -> SearchSpace:
     return SearchSpace(placements, budget, cfg.space, SolverConfig(seed=cfg.seed), latency=latency)
 
 
-def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strategy: str):
-    """The cached, possibly parallel evaluator of a run (before budgeting)."""
+def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strategy: str, latency=None):
+    """The cached, possibly parallel evaluator of a run (before budgeting): with a measured fidelity and
+    ``task.ladder.rungs``, the ladder (``latency``: the model its predict rung uses)."""
     from kasrl.eval.base import AnalyticEvaluator
     from kasrl.eval.cache import CachedEvaluator
 
@@ -145,7 +146,44 @@ def make_evaluator(cfg: RunConfig, task, placements, store, run_id: str, strateg
             return MeasuredEvaluator(task, store, isolation=isolation, run_id=run_id, strategy=strategy, device=_gpu_for(i))
 
         inner = PoolEvaluator(worker, workers) if workers > 1 else first
+    if cfg.fidelity == "measured" and task.ladder.rungs:
+        return make_ladder(task, inner, store, run_id, strategy, latency)
     return CachedEvaluator(inner, store, run_id, strategy)
+
+
+def make_ladder(task, runner, store, run_id: str, strategy: str, latency=None):
+    """The task's multi-fidelity ladder (``task.ladder``) over an evaluator's workers (see :mod:`kasrl.eval.ladder`).
+
+    The baseline's accuracy, after the full recipe and after the short one, is trained
+    before the run's clock starts.
+    """
+    from kasrl.eval.ladder import Ladder, LadderPolicy, MeasuredRung, PredictRung
+    from kasrl.tasks import latency_placements
+
+    spec = task.ladder
+    baseline = runner.baseline()
+    short = runner.baseline(fraction=spec.short_fraction) if "short" in spec.rungs else None
+    rungs = []
+    for name in spec.rungs:
+        if name == "predict":
+            if latency is None:
+                raise ConfigError("`task.ladder.rungs` has predict, which needs a latency model: set `budget.latency` (and calibrate)")
+            timed = latency_placements(task, task_placements_of(task))
+            rungs.append(PredictRung(latency, timed, spec.predict_margin))
+        else:
+            rungs.append(MeasuredRung(name, runner, task, baseline, short))
+    penalties = {k: getattr(task.reward.penalties, k) for k in ("build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash")}
+    ladder = Ladder(rungs, LadderPolicy(spec.top_k, spec.floor), "measured", task.fingerprint, store, penalties, run_id, strategy)
+    ladder.runner = runner
+    return ladder
+
+
+def task_placements_of(task) -> tuple:
+    """The placements a task's network puts kernels at (recorded once)."""
+    from kasrl.tasks import build_task_network, task_placements
+
+    model, _ = build_task_network(task)
+    return task_placements(task, model)
 
 
 def _gpu_for(i: int) -> str | None:
@@ -200,8 +238,8 @@ class Run:
         self.best = BestMetrics(self.tracker)
         callbacks = [TrackerCallback(self.tracker), self.top, self.best]
         self._progress = progress
-        self.evaluator = BudgetedEvaluator(make_evaluator(cfg, self.task, self.placements, self.store, self.name, strategy),
-                                           cfg.budget.evaluations, cfg.budget.seconds, callbacks)
+        self.inner = make_evaluator(cfg, self.task, self.placements, self.store, self.name, strategy, self.space.solver.latency)
+        self.evaluator = BudgetedEvaluator(self.inner, cfg.budget.evaluations, cfg.budget.seconds, callbacks)
         self.started = time.time()
 
     # -- progress, checkpoints -------------------------------------------------------
@@ -229,6 +267,8 @@ class Run:
             state = pickle.load(f)  # noqa: S301 - our own checkpoint, written by save_checkpoint
         self.evaluator.load_state_dict(state["budget"])
         self.top.load_state_dict(state["top"])
+        if hasattr(self.inner, "restore"):  # the ladder's threshold comes from the run's final rewards
+            self.inner.restore(self.evaluator.history)
         self.best = BestMetrics(self.tracker, self.top.best())
         self.evaluator.callbacks = [cb for cb in self.evaluator.callbacks if not isinstance(cb, BestMetrics)] + [self.best]
         return state["strategy"]

@@ -137,7 +137,7 @@ class KernelGraph:
         self.constraints = Constraints()
         self.constraints.volume.add(volume(INPUT_SHAPE))
         if ctx.latency is not None:  # the kernel module's own per-call cost
-            _add_poly(self.constraints.latency, ctx.latency.overhead_terms())
+            _add_poly(self.constraints.latency, ctx.latency.kernel_terms())
         self.sizes: dict | None = None
         self.steps = 0  # primitive applications and forks chosen (closing excluded)
         self.peak_width = 1  # the most branches open at once

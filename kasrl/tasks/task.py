@@ -58,6 +58,8 @@ __all__ = [
     "Penalties",
     "RewardSpec",
     "TimeoutSpec",
+    "LadderSpec",
+    "LADDER_RUNGS",
     "TASKS_DIR",
     "FINGERPRINT_VERSION",
     "load_task",
@@ -78,7 +80,8 @@ TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "tasks"
 # 4: how latency is taken (latency.dtype, channels_last, compile, cuda_graphs), recipe.autocast, timeouts.compile_s and
 #    the synthetic dataset's fields enter the task, and GPU workers pin their device (before, a pool worker on cuda:i > 0
 #    timed host dispatch, not the GPU): GPU results of version 3 are not comparable and must not be reused.
-FINGERPRINT_VERSION = 4
+# 5: the ladder's settings (task.ladder) enter the task; its rungs key their own rows of the store.
+FINGERPRINT_VERSION = 5
 """Bumped whenever the meaning of a task field changes, so old fingerprints stop matching."""
 
 
@@ -413,6 +416,56 @@ class RewardSpec(_Checked):
                                   f"never outranks one that ran, got {value}")
 
 
+LADDER_RUNGS = ("predict", "screen", "precise", "short", "full")
+"""The rungs a ladder may climb, in this order (see :mod:`kasrl.eval.ladder`)."""
+
+
+@dataclass(frozen=True)
+class LadderSpec(_Checked):
+    """The multi-fidelity ladder: cheap rungs first, more only for kernels that can still win."""
+
+    _prefix: ClassVar[str] = "task.ladder"
+    rungs: tuple[str, ...] = ()
+    """Rungs to climb, in order, ending with ``full`` (empty: every kernel pays the full evaluation).
+    Known: predict (the latency model; needs a latency budget), screen, precise, short, full."""
+    top_k: int = 5
+    """The threshold is the run's k-th best final reward."""
+    floor: float | None = None
+    """A reward a kernel must be able to beat to go on even before k have finished (e.g. 0: not slower than the baseline)."""
+    predict_margin: float = 0.5
+    """predict: how much the latency model may understate a kernel's log speedup."""
+    screen_time_s: float = 0.25
+    """screen: seconds each short timing lasts (a placement, the network)."""
+    screen_margin: float = 0.15
+    """screen: log-speedup margin of the short timing, beyond twice its own spread."""
+    short_fraction: float = 0.25
+    """short: the fraction of the recipe's training steps."""
+    accuracy_noise: float = 3.0
+    """short: accuracy points a short run may understate the full run's (beyond the baseline's own gain)."""
+    confirm_top: int = 3
+    """confirm: the best kernels of a run retrained."""
+    confirm_seeds: int = 3
+    """confirm: training seeds each is retrained with (on the whole test split)."""
+
+    def _validate(self) -> None:
+        unknown = [r for r in self.rungs if r not in LADDER_RUNGS]
+        if unknown:
+            raise ConfigError(f"`task.ladder.rungs`: unknown rung {unknown[0]!r}; known: {', '.join(LADDER_RUNGS)}")
+        if self.rungs and (self.rungs[-1] != "full" or list(self.rungs) != sorted(self.rungs, key=LADDER_RUNGS.index)
+                           or len(set(self.rungs)) != len(self.rungs)):
+            raise ConfigError(f"`task.ladder.rungs` must be distinct rungs in the order {', '.join(LADDER_RUNGS)}, ending with full; "
+                              f"got {list(self.rungs)}")
+        if self.rungs and "precise" not in self.rungs:
+            raise ConfigError("`task.ladder.rungs` must include precise: the reward's speed is the precise rung's measurement")
+        self._require("top_k", self.top_k >= 1, "a positive integer")
+        for name in ("predict_margin", "screen_margin", "accuracy_noise"):
+            self._require(name, 0 <= getattr(self, name) < math.inf, "a finite, non-negative number")
+        self._require("screen_time_s", 0 < self.screen_time_s < math.inf, "a positive number of seconds")
+        self._require("short_fraction", 0 < self.short_fraction < 1, "a fraction in (0, 1)")
+        self._require("confirm_top", self.confirm_top >= 1, "a positive integer")
+        self._require("confirm_seeds", self.confirm_seeds >= 2, "at least 2 (a spread needs two)")
+
+
 @dataclass(frozen=True)
 class TimeoutSpec(_Checked):
     """Hard wall-clock limits per evaluation stage; past one, the evaluation is a ``timeout``."""
@@ -466,6 +519,8 @@ class Task(_Checked):
     """Reward shape and failure penalties."""
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
     """Hard limits per evaluation stage."""
+    ladder: LadderSpec = field(default_factory=LadderSpec)
+    """The multi-fidelity ladder (off unless it names rungs)."""
 
     def _validate(self) -> None:
         limit = self.recipe.max_train_seconds
