@@ -3,7 +3,9 @@
 * ``python -m kasrl show KERNEL.json [--shape CxHxW]``: source, cost and picture;
 * ``python -m kasrl evaluate KERNEL.json [--task FILE] [--store DB]``: the full
   measured evaluation, every stage's outcome, latencies with spread, FLOPs,
-  parameters, accuracy against the baseline and the reward.
+  parameters, accuracy against the baseline and the reward;
+* ``python -m kasrl confirm RUN_DIR [--top K] [--seeds S]``: retrain a run's best
+  kernels over seeds, paired with the baseline; a leaderboard by confirmed reward.
 
 Every command prints one line naming what is wrong and exits with status 2 on
 bad input; nothing is written in that case.
@@ -101,6 +103,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if r.status.is_ok() else 1
 
 
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from kasrl.eval.confirm import confirm
+
+    rows = confirm(args.run_dir, args.top, args.seeds, args.executor)
+    if not rows:
+        print(f"{args.run_dir}: no kernel with a measured speedup to confirm")
+        return 1
+    best = max(rows, key=lambda r: r["confirmed_reward"])
+    print(f"best confirmed: {best['hash'][:16]} reward {best['confirmed_reward']:.3f} (run's {best['reward']:.3f}), "
+          f"speedup {best['speedup']:.3f}x, accuracy {best['accuracy_mean']:.2f} +- {best['accuracy_sd']:.2f}% over {len(best['seeds'])} seeds "
+          f"(gap {best['gap_mean']:+.2f} +- {best['gap_sd']:.2f} pt); {Path(args.run_dir) / 'confirmed.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m kasrl`` argument parser."""
     parser = _Parser(prog="python -m kasrl", description="kasrl: kernel architecture search")
@@ -116,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--store", default=None, help="SQLite results store to cache in (default: none)")
     ev.add_argument("--inline", action="store_true", help="evaluate in this process (no crash isolation)")
     ev.set_defaults(run=_cmd_evaluate)
+    co = sub.add_parser("confirm", help="retrain a finished run's best kernels over several seeds, paired with the baseline")
+    co.add_argument("run_dir", help="a finished run folder (runs/<run name>)")
+    co.add_argument("--top", type=int, default=None, help="how many of its best kernels (default: the task's ladder.confirm_top)")
+    co.add_argument("--seeds", type=int, default=None, help="training seeds each (default: the task's ladder.confirm_seeds)")
+    co.add_argument("--executor", choices=("process", "inline"), default=None, help="where to train (default: the run's)")
+    co.set_defaults(run=_cmd_confirm)
     return parser
 
 

@@ -82,6 +82,7 @@ class Study:
         self._evaluated: set = set()  # ids of results that came from evaluate()
         self._saved_at = self.run.evaluator.spent
         self._closed = False
+        self.confirmed: list = []
 
     # -- the loop ----------------------------------------------------------------------------
     def optimize(self, evaluations: int | None = None, seconds: float | None = None, callbacks: Sequence[Callback] = ()) -> list:
@@ -180,12 +181,46 @@ class Study:
         """One row per evaluation, in order (as ``history.json``)."""
         return list(self.run.evaluator.history)
 
-    def finish(self, extra_summary: Mapping | None = None) -> list:
-        """Stop the strategy, write the best kernels, history and leaderboard; close. Returns the leaderboard rows."""
+    def finish(self, extra_summary: Mapping | None = None, confirm: bool | None = None) -> list:
+        """Stop the strategy, write the best kernels, history and leaderboard, confirm the best; close.
+
+        Args:
+            extra_summary: more values for the tracker's summary.
+            confirm: retrain the best kernels over seeds (:mod:`kasrl.eval.confirm`);
+                default: when the task's ladder is on (a measured run).
+
+        Returns:
+            The leaderboard rows (best first).
+        """
         self._close_strategy()
         self.strategy.export(self.run.dir)
-        rows = self.run.finish({"strategy": self.cfg.strategy, **dict(extra_summary or {})})
-        self._closed = True
+        rows = self.run.finish({"strategy": self.cfg.strategy, **dict(extra_summary or {})}, close=False)
+        try:
+            if confirm is None:
+                confirm = self.cfg.fidelity == "measured" and bool(self.run.task.ladder.rungs)
+            if confirm and rows:
+                self.confirmed = self.confirm()
+        finally:
+            self._closed = True
+            self.run.close()
+        return rows
+
+    def confirm(self, top: int | None = None, seeds: int | None = None) -> list:
+        """Retrain the best kernels over seeds, paired with the baseline (see :mod:`kasrl.eval.confirm`);
+        writes ``confirmed.json`` and the leaderboard ranked by confirmed reward."""
+        import json
+
+        from kasrl.eval.confirm import confirm_records
+        from kasrl.experiment.run import confirmed_leaderboard
+
+        spec = self.run.task.ladder
+        records = [r for r in self.best_kernels if "speedup" in r.result.metrics][: top or spec.confirm_top]
+        mode = "process" if self.cfg.executor == "ray" else self.cfg.executor
+        rows = confirm_records(self.run.task, records, seeds or spec.confirm_seeds, self.run.store, mode, self.run.name,
+                               progress=self.run._progress)
+        (self.run.dir / "confirmed.json").write_text(json.dumps(rows, indent=1))
+        confirmed_leaderboard(self.run.dir, rows)
+        self.run.tracker.summary({"search/best_confirmed_reward": max(r["confirmed_reward"] for r in rows)} if rows else {})
         return rows
 
     def _close_strategy(self) -> None:

@@ -284,8 +284,8 @@ class Run:
                          "evaluation": rec.index})
         return rows
 
-    def finish(self, extra_summary: dict | None = None) -> list:
-        """Write the best kernels, the history and the leaderboard; log and close."""
+    def finish(self, extra_summary: dict | None = None, close: bool = True) -> list:
+        """Write the best kernels, the history and the leaderboard; log and (unless ``close`` is False) close."""
         from rich.console import Console
         from rich.table import Table
 
@@ -329,7 +329,8 @@ class Run:
         print(device)
         (self.dir / "leaderboard.md").write_text(f"# {self.name}\n\n" + "\n".join(md) + f"\n\n{device}\n\nKernels: `{kdir}/`\n")
         print(f"run folder: {self.dir}")
-        self.close()
+        if close:
+            self.close()
         return rows
 
     def close(self) -> None:
@@ -353,3 +354,33 @@ def _fmt(v, unit: str) -> str:
     if v is None:
         return "-"
     return f"{v:.2f}%" if unit == "%" else f"{v:.3f}{unit}"
+
+
+def confirmed_leaderboard(run_dir: Path, rows: list) -> Path:
+    """Rewrite ``leaderboard.md`` ranked by confirmed reward (see :mod:`kasrl.eval.confirm`); returns its path."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ranked = sorted(rows, key=lambda r: -r["confirmed_reward"])
+    n = len(ranked[0]["seeds"]) if ranked else 0
+    head = ["rank", "kernel", "confirmed reward", "run's reward", "speedup", f"accuracy (mean +- sd, {n} seeds)",
+            "gap to baseline (paired)"]
+    table = Table(title=f"confirmed: the best kernels of {Path(run_dir).name} retrained over {n} seeds, whole test split")
+    for col in head:
+        table.add_column(col, justify="right")
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rank, r in enumerate(ranked, 1):
+        cells = [str(rank), r["hash"][:16], f"{r['confirmed_reward']:.3f}", f"{r['reward']:.3f}", f"{r['speedup']:.3f}x",
+                 f"{r['accuracy_mean']:.2f} +- {r['accuracy_sd']:.2f}%", f"{r['gap_mean']:+.2f} +- {r['gap_sd']:.2f} pt"]
+        table.add_row(*cells)
+        md.append("| " + " | ".join(cells) + " |")
+    Console(width=140).print(table)
+    path = Path(run_dir) / "leaderboard.md"
+    old = path.read_text() if path.is_file() else ""
+    if old.startswith("# ") and old.split("\n", 1)[0].endswith(": confirmed"):  # confirmed before: keep only the run's own table
+        old = old[old.find("\n# ") + 1 :] if "\n# " in old else ""
+    text = f"# {Path(run_dir).name}: confirmed\n\n" + "\n".join(md) + "\n\nBaseline network over the same seeds: "
+    if ranked:
+        text += f"{ranked[0]['baseline_mean']:.2f} +- {ranked[0]['baseline_sd']:.2f}%.\n"
+    path.write_text(text + ("\n" + old if old else ""))
+    return path
