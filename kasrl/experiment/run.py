@@ -36,34 +36,56 @@ from kasrl.tracking import NullTracker, Tracker, run_name
 __all__ = ["Run", "TrackerCallback", "ProgressCallback", "BestMetrics", "make_space", "make_evaluator"]
 
 
-class TrackerCallback(Callback):
-    """Logs every evaluation to wandb against the evaluation count."""
+class RungCounts:
+    """How many kernels reached each rung of a ladder (from each result's ``rung`` metric)."""
 
-    def __init__(self, tracker) -> None:
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self.names = list(names)
+        self.counts = [0] * len(self.names)
+
+    def add(self, record: ResultRecord) -> None:
+        if self.names and "rung" in record.result.metrics:
+            for i in range(int(record.result.metrics["rung"]) + 1):
+                self.counts[i] += 1
+
+    def text(self) -> str:
+        return " ".join(f"{n} {c}" for n, c in zip(self.names, self.counts, strict=True))
+
+
+class TrackerCallback(Callback):
+    """Logs every evaluation to wandb against the evaluation count (with a ladder, the kernels per rung)."""
+
+    def __init__(self, tracker, rungs: Sequence[str] = ()) -> None:
         self.tracker = tracker
+        self.rungs = RungCounts(rungs)
 
     def on_result(self, record: ResultRecord) -> bool:
         r = record.result
         metrics = {"eval/reward": r.reward, "eval/ok": float(r.status.is_ok()), "eval/cached": float(r.cached),
-                   "search/best_reward": record.best_reward, "search/seconds": record.seconds}
+                   "eval/screened": float(r.status.is_screened()), "search/best_reward": record.best_reward, "search/seconds": record.seconds}
         for k, v in r.metrics.items():
             if isinstance(v, (int, float)) and "/" not in k:
                 metrics[f"eval/{k}"] = float(v)
+        self.rungs.add(record)
+        metrics.update({f"ladder/{n}": float(c) for n, c in zip(self.rungs.names, self.rungs.counts, strict=True)})
         self.tracker.log(metrics, step=record.index)
         return True
 
 
 class ProgressCallback(Callback):
-    """A progress bar over the evaluation budget."""
+    """A progress bar over the evaluation budget (with a ladder, the kernels that reached each rung)."""
 
-    def __init__(self, total: int, desc: str, initial: int = 0) -> None:
+    def __init__(self, total: int, desc: str, initial: int = 0, rungs: Sequence[str] = ()) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="eval", dynamic_ncols=True)
+        self.rungs = RungCounts(rungs)
 
     def on_result(self, record: ResultRecord) -> bool:
         self.bar.update(1)
-        self.bar.set_postfix(best=f"{record.best_reward:.3f}", last=f"{record.result.reward:.3f}")
+        self.rungs.add(record)
+        extra = {"rungs": self.rungs.text()} if self.rungs.names else {}
+        self.bar.set_postfix(best=f"{record.best_reward:.3f}", last=f"{record.result.reward:.3f}", **extra)
         return True
 
     def on_end(self) -> None:
@@ -236,9 +258,10 @@ class Run:
                                          cfg.wandb.mode or None)
         self.top = TopKernels(cfg.top_k)
         self.best = BestMetrics(self.tracker)
-        callbacks = [TrackerCallback(self.tracker), self.top, self.best]
-        self._progress = progress
         self.inner = make_evaluator(cfg, self.task, self.placements, self.store, self.name, strategy, self.space.solver.latency)
+        self.rung_names = [r.name for r in getattr(self.inner, "rungs", ())]
+        callbacks = [TrackerCallback(self.tracker, self.rung_names), self.top, self.best]
+        self._progress = progress
         self.evaluator = BudgetedEvaluator(self.inner, cfg.budget.evaluations, cfg.budget.seconds, callbacks)
         self.started = time.time()
 
@@ -246,7 +269,8 @@ class Run:
     def start_progress(self) -> None:
         """Show a progress bar from the current evaluation count on."""
         if self._progress:
-            self.evaluator.callbacks.append(ProgressCallback(self.cfg.budget.evaluations, f"{self.strategy} {self.name}", self.evaluator.spent))
+            self.evaluator.callbacks.append(ProgressCallback(self.cfg.budget.evaluations, f"{self.strategy} {self.name}", self.evaluator.spent,
+                                                             self.rung_names))
 
     def save_checkpoint(self, strategy_state: dict) -> Path:
         """Write the run state atomically (a kill leaves the previous checkpoint intact)."""
