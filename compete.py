@@ -1,14 +1,22 @@
-"""The competition: random vs PPO vs DEAP on equal budgets.
+"""The competition: learned and evolutionary search against their matched random baselines, on equal time budgets.
 
-    python compete.py [--config configs/compete.yaml] [--resume COMPETITION_DIR] [key=value ...]
+    python compete.py [--config kasrl/configs/compete.yaml] [--resume COMPETITION_DIR] [key=value ...]
 
 Pseudocode::
 
     for strategy in strategies, for seed in seeds:        # skipping runs already finished
-        run = Run(same task, same budget, this seed, wandb group = the competition)
-        spend the budget with the strategy                # one evaluation = one unit, cache hits too
-        write the run's history and best kernels
-    report: best-so-far curves, fronts with hypervolume, rank tests vs random, report.md
+        study = Study(same task, same budget in seconds, this seed, wandb group = the competition)
+        study.optimize()                                  # every strategy through the same loop
+        confirm its best kernels: retrained over seeds, paired with the baseline network
+    report: per-seed best confirmed rewards, one-sided Mann-Whitney against each
+    contender's matched baseline (its registry file's `baseline`: the strategy that
+    starts from the same distribution) with Holm's correction, hypervolume per seed
+    against (speedup 1, baseline accuracy - tolerance), anytime curves, report.md
+
+The matched baselines share the contenders' prior: ``random_prior`` draws from the
+untrained PPO policy that PPO starts from (and the evolutions' random start draws from
+it too), so a difference measures what was learned, not the prior. The PPO options
+that shape that policy are passed to ``random_prior`` and to the evolutions' start.
 
 A killed competition restarts with ``--resume COMPETITION_DIR`` and skips the runs
 it finished (an unfinished run, or one whose task, fidelity or budget has changed
@@ -43,14 +51,19 @@ class CompeteConfig(RunConfig):
     the contenders and ``strategy_options`` holds each one's options by name.
     """
 
-    strategies: list[str] = field(default_factory=lambda: ["random_prior", "ppo", "aging", "nsga2", "mu_plus_lambda", "mcts"])
-    """Strategies to run (names from kasrl/configs/strategies/)."""
+    strategies: list[str] = field(default_factory=lambda: ["random_prior", "random_family", "ppo", "aging", "mu_plus_lambda", "nsga2",
+                                                           "mcts"])
+    """Strategies to run (names from kasrl/configs/strategies/); each one's matched baseline must be among them."""
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Options per strategy name, over each one's registry file."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Seeds per strategy (at least 2 for the rank test)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Seeds per strategy (at least 5 for a rank test that can reach p < 0.05 after Holm's correction)."""
     name: str = ""
     """Competition folder name under `out` (default compete__<task>__<unix time>)."""
+    confirm_top: int = 1
+    """Best kernels of each run retrained over seeds before ranking (0: rank by single runs)."""
+    confirm_seeds: int = 3
+    """Training seeds of each confirmation."""
 
     def validate(self) -> None:
         super().validate()
@@ -58,9 +71,13 @@ class CompeteConfig(RunConfig):
             raise ConfigError("`strategies` and `seeds` must not be empty")
         for s in self.strategies:
             try:
-                strategy_spec(s)
+                base = strategy_spec(s).baseline
             except ConfigError as e:
                 raise ConfigError(f"`strategies`: {e}") from None
+            if base and base not in self.strategies:
+                raise ConfigError(f"`strategies`: {s!r} is compared with its matched baseline {base!r}, which is not among them; add it")
+        if self.confirm_top < 0 or self.confirm_seeds < 2:
+            raise ConfigError(f"`confirm_top` must be >= 0 and `confirm_seeds` >= 2, got {self.confirm_top} and {self.confirm_seeds}")
         for s in self.strategy_options:  # options of a strategy not run are kept (a config shared by several runs)
             try:
                 strategy_spec(s)
@@ -68,10 +85,26 @@ class CompeteConfig(RunConfig):
                 raise ConfigError(f"`strategy_options.{s}`: {e}") from None
 
 
+#: the PPO options that shape its untrained policy, and so the prior random_prior and the evolutions draw from
+PRIOR_KEYS = ("policy", "hidden", "rounds")
+
+
+def options_for(cfg: CompeteConfig, strategy: str) -> dict:
+    """``strategy``'s options, with PPO's policy shape passed to the strategies that draw from its prior."""
+    options = dict(cfg.strategy_options.get(strategy, {}))
+    ppo_shape = {k: v for k, v in cfg.strategy_options.get("ppo", {}).items() if k in PRIOR_KEYS}
+    if ppo_shape and strategy != "ppo":
+        from kasrl.strategy import make_options
+
+        opts = make_options(strategy, options)
+        if hasattr(opts, "ppo") and (strategy == "random_prior" or getattr(opts, "start", None) == "prior"):
+            options["ppo"] = {**ppo_shape, **dict(options.get("ppo", {}))}
+    return options
+
+
 def _common(cfg: CompeteConfig, seed: int, out: Path, group: str, strategy: str) -> dict:
     base = {f: getattr(cfg, f) for f in RunConfig.__dataclass_fields__}
-    base.update(seed=seed, out=str(out), wandb=replace(cfg.wandb, group=group), strategy=strategy,
-                options=dict(cfg.strategy_options.get(strategy, {})))
+    base.update(seed=seed, out=str(out), wandb=replace(cfg.wandb, group=group), strategy=strategy, options=options_for(cfg, strategy))
     return base
 
 
@@ -85,18 +118,22 @@ def run_one(cfg: CompeteConfig, strategy: str, seed: int, out: Path, group: str,
     except BaseException:
         study.close()
         raise
-    rows = study.finish()
+    confirm = cfg.fidelity == "measured" and cfg.confirm_top > 0
+    rows = study.finish(confirm=confirm, confirm_top=cfg.confirm_top, confirm_seeds=cfg.confirm_seeds)
     best = None
     if rows:
         b = rows[0]
         best = {"hash": b["hash"], "reward": b["reward"], "speedup": b["speedup"], "accuracy": b["accuracy"]}
+    base_acc = next((h["m_baseline_accuracy"] for h in study.history if "m_baseline_accuracy" in h), None)
     return {"strategy": strategy, "seed": seed, "dir": str(study.run.dir.resolve()), "history": study.run.evaluator.history,
-            "best": best, "settings": settings(cfg)}
+            "best": best, "confirmed": study.confirmed, "baseline": strategy_spec(strategy).baseline, "baseline_accuracy": base_acc,
+            "settings": settings(cfg)}
 
 
 def settings(cfg: CompeteConfig) -> dict:
     """What makes two runs comparable: a finished run counts on resume only if these still match."""
-    return {"task": cfg.task, "fidelity": cfg.fidelity, "evaluations": cfg.budget.evaluations, "seconds": cfg.budget.seconds}
+    return {"task": cfg.task, "fidelity": cfg.fidelity, "evaluations": cfg.budget.evaluations, "seconds": cfg.budget.seconds,
+            "task_overrides": cfg.task_overrides, "confirm": [cfg.confirm_top, cfg.confirm_seeds]}
 
 
 def main(argv: list | None = None) -> int:
@@ -141,11 +178,33 @@ def main(argv: list | None = None) -> int:
         print(f"compete.py: error: runs {', '.join(failed)} failed; fix the cause and continue with --resume {folder}", file=sys.stderr)
         return 1
     runs = [finished[f"{s}:{seed}"] for s in cfg.strategies for seed in cfg.seeds]
-    summary = write_report(runs, folder, f"Competition on {cfg.task} ({cfg.fidelity})", cfg.budget.evaluations, command, cfg.fidelity)
+    summary = write_report(runs, folder, f"Competition on {cfg.task} ({cfg.fidelity})", command, cfg.fidelity, _reference(cfg, runs),
+                           _budget_text(cfg, runs))
     _log_competition(cfg, folder, summary)
     print(markdown_table(summary))
     print(f"report: {folder / 'report.md'}")
     return 0
+
+
+def _reference(cfg: CompeteConfig, runs: list) -> tuple | None:
+    """The hypervolume's reference point: speedup 1, the baseline network's accuracy minus the reward's tolerance."""
+    if cfg.fidelity != "measured":
+        return None
+    accs = [r["baseline_accuracy"] for r in runs if r.get("baseline_accuracy") is not None]
+    if not accs:
+        return None
+    from kasrl.tasks import load_task
+
+    return (1.0, accs[0] - load_task(cfg.task, overrides=cfg.task_overrides).reward.tolerance)
+
+
+def _budget_text(cfg: CompeteConfig, runs: list) -> str:
+    spent = "; ".join(f"{s} {'/'.join(str(len(r['history'])) for r in runs if r['strategy'] == s)}" for s in cfg.strategies)
+    confirm = (f" Each run's best {cfg.confirm_top} kernel(s) were then retrained over {cfg.confirm_seeds} seeds (not counted in the budget)."
+               if cfg.confirm_top and cfg.fidelity == "measured" else "")
+    return (f"Every strategy x seed had the same budget: {cfg.budget.seconds:g} seconds of evaluation (or {cfg.budget.evaluations} "
+            f"kernels, whichever ran out first); a kernel taken from the results store is charged the seconds it cost when it was "
+            f"measured.{confirm} Kernels judged per seed: {spent}.")
 
 
 def _log_competition(cfg: CompeteConfig, folder: Path, summary: dict) -> None:
@@ -156,9 +215,10 @@ def _log_competition(cfg: CompeteConfig, folder: Path, summary: dict) -> None:
 
     with Tracker.start(cfg.wandb.project, f"{folder.name}__report", folder.name, {"strategies": cfg.strategies, "seeds": cfg.seeds},
                        str(folder), cfg.wandb.mode or None) as tracker:
-        cols = ["strategy", "seeds", "best_reward_median", "speedup_of_best", "accuracy_of_best", "evals_to_reach_random_best", "hypervolume", "p_vs_random"]
+        cols = ["strategy", "baseline", "seeds", "best_median", "speedup_of_best", "accuracy_of_best", "hypervolume_median", "share_better",
+                "p", "p_holm"]
         tracker.log_table("competition/summary", cols, [[r[c] if r[c] is not None else float("nan") for c in cols] for r in summary["rows"]])
-        tracker.log_image("competition/best_so_far", str(folder / "best_so_far.png"))
+        tracker.log_image("competition/anytime", str(folder / "anytime.png"))
         tracker.log_image("competition/pareto", str(folder / "pareto.png"))
 
 

@@ -18,6 +18,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from kasrl.experiment.stats import pareto_front
+
 __all__ = ["front_rows", "generation_metrics", "non_dominated", "plot_pareto", "write_front", "print_front"]
 
 _LABELS = {"speedup": "speedup vs the 3x3 conv network (x)", "accuracy": "test accuracy (%)",
@@ -26,12 +28,9 @@ _LABELS = {"speedup": "speedup vs the 3x3 conv network (x)", "accuracy": "test a
 
 
 def non_dominated(points: Sequence[tuple]) -> list:
-    """Indices of the points no other point dominates (both objectives maximised)."""
-    out = []
-    for i, p in enumerate(points):
-        if not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in points):
-            out.append(i)
-    return out
+    """Indices of the points no other point dominates (both objectives maximised; see :func:`kasrl.experiment.stats.pareto_front`)."""
+    front = set(pareto_front(points))
+    return [i for i, p in enumerate(points) if (float(p[0]), float(p[1])) in front]
 
 
 def generation_metrics(record: dict, objectives: tuple) -> dict:

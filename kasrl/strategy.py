@@ -192,6 +192,8 @@ class StrategySpec:
     description: str
     options: dict
     path: Path
+    baseline: str | None = None
+    """The strategy it is compared with in a competition: the one that draws from the same starting distribution."""
 
 
 def strategy_names() -> list:
@@ -223,10 +225,11 @@ def strategy_spec(name: str) -> StrategySpec:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"strategy file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    extra = set(data) - {"target", "description", "options"}
+    extra = set(data) - {"target", "description", "options", "baseline"}
     if extra or not isinstance(data.get("target"), str) or not isinstance(data.get("options", {}) or {}, Mapping):
-        raise ConfigError(f"strategy file {path} must hold `target` (package.module:Class), `description` and `options` only")
-    return StrategySpec(name, data["target"], str(data.get("description", "")), dict(data.get("options") or {}), path)
+        raise ConfigError(f"strategy file {path} must hold `target` (package.module:Class), `description`, `options` and `baseline` only")
+    return StrategySpec(name, data["target"], str(data.get("description", "")), dict(data.get("options") or {}), path,
+                        data.get("baseline") or None)
 
 
 def _import(target: str, where: str) -> type:

@@ -181,13 +181,15 @@ class Study:
         """One row per evaluation, in order (as ``history.json``)."""
         return list(self.run.evaluator.history)
 
-    def finish(self, extra_summary: Mapping | None = None, confirm: bool | None = None) -> list:
+    def finish(self, extra_summary: Mapping | None = None, confirm: bool | None = None, confirm_top: int | None = None,
+               confirm_seeds: int | None = None) -> list:
         """Stop the strategy, write the best kernels, history and leaderboard, confirm the best; close.
 
         Args:
             extra_summary: more values for the tracker's summary.
             confirm: retrain the best kernels over seeds (:mod:`kasrl.eval.confirm`);
                 default: when the task's ladder is on (a measured run).
+            confirm_top, confirm_seeds: how many, and over how many seeds (default: the task's ladder settings).
 
         Returns:
             The leaderboard rows (best first).
@@ -199,7 +201,7 @@ class Study:
             if confirm is None:
                 confirm = self.cfg.fidelity == "measured" and bool(self.run.task.ladder.rungs)
             if confirm and rows:
-                self.confirmed = self.confirm()
+                self.confirmed = self.confirm(confirm_top, confirm_seeds)
         finally:
             self._closed = True
             self.run.close()
