@@ -8,25 +8,30 @@ so its time is close to the sum of its ops' times. The model is therefore
 additive, one small linear predictor per *op kind* (a cost class of
 primitives, :func:`op_kind`)::
 
-    latency(kernel) = sum over live nodes v of  a[k] + b[k] * FLOPs(v) + c[k] * bytes(v)
+    latency(kernel) = sum over live nodes v of  s[k] * (a[k] + b[k] * FLOPs(v) + c[k] * bytes(v))
                       + a[kernel] + c[kernel] * bytes(kernel input and output)
 
 where ``k`` is the node's kind, ``FLOPs(v)`` is the batch times the node's FLOPs
 per sample (as :attr:`kasrl.ir.primitives.Inference.flops`: multiply-adds count
 2, only contractions count) and ``bytes(v)`` is the element size times
-``batch * (input volumes + output volume) + parameters``. The pseudo-kind
-``kernel`` carries what the kernel module adds around its nodes (the module
-call and the input and output reshapes). The coefficients are fitted per device
-by :mod:`kasrl.latency.calibrate` and stored in a profile
-(:mod:`kasrl.latency.profile`).
+``batch * (input volumes + output volume) + parameters``. ``(a, b, c)[k]`` is
+what an op of kind ``k`` costs alone; ``s[k]`` how much slower such ops run
+inside a kernel (their inputs arrive strided from the op before, and the other
+ops evict the caches: measured here, the ops of a kernel take 20-30% longer in
+it than each alone). The pseudo-kind ``kernel`` carries what the kernel module
+adds around its nodes (the module call and the input and output reshapes). The
+replaced 3x3 convolution, an op on its own, costs its kind's ``(a, b, c)``
+(:meth:`LatencyModel.predict_conv3x3`). The coefficients are fitted per device by
+:mod:`kasrl.latency.calibrate` and stored in a profile (:mod:`kasrl.latency.profile`).
 
 **Exact integer form for the size solver.** :meth:`LatencyModel.node_terms`
 gives a node's predicted latency as monomials of the sizes
 (:class:`kasrl.ir.dims.Monomial`) in an integer time unit (``10**unit_exp``
 seconds, chosen when the model is made): every coefficient is rounded to a whole
-number of units, so wherever the FLOPs and volumes are integers (at every legal
-size assignment) each term is a whole number of units, and
-:meth:`LatencyModel.predict_units` is exactly the sum of the terms' values.
+number of units (in-kernel scale included), so wherever the FLOPs and volumes
+are integers (at every legal size assignment) each term is a whole number of
+units, and :meth:`LatencyModel.predict_units` is exactly the sum of the terms'
+values plus :meth:`LatencyModel.kernel_terms`'.
 """
 
 from __future__ import annotations
@@ -110,17 +115,21 @@ _SPATIAL_SLOTS = ("H", "W")
 def op_kind(prim: Primitive) -> str:
     """The cost class of a primitive (one of :data:`KINDS`, never ``kernel``); it depends on the attributes only.
 
-    Variants measured to run at different speeds are separate kinds: a
-    convolution to C channels, to a free number (``conv.new``: its FLOPs and bytes
-    are the same for ``a -> b`` and ``b -> a`` channels, which oneDNN does not run
-    alike) or depthwise, by window size (``conv.k9``: a window of up to 9 taps,
-    such as the 3x3 one; the taps are rounded up to one of :data:`CONV_TAPS`) and
-    dilated or not (oneDNN runs a convolution dilated along W 2-12x slower per
-    FLOP); a matrix over channels or over a 3..7-wide
-    window; a reduction over a contiguous or a strided axis; each
-    transcendental function. Variants measured at the same speed share one
-    (``relu``, ``abs``, ``neg`` and ``square`` are ``elementwise.simple``; an
-    unfold's axes and window do not change its cost per byte).
+    Variants measured to run at different speeds are separate kinds:
+
+    * a convolution to C channels (``conv``), to a free number (``conv.new``: its
+      FLOPs and bytes are the same for ``a -> b`` and ``b -> a`` channels, which
+      oneDNN does not run alike) or depthwise, by window size (``conv.k9``: a
+      window of up to 9 taps, such as the 3x3 one; the taps are rounded up to one
+      of :data:`CONV_TAPS`; oneDNN's speed per FLOP depends on the window) and
+      dilated or not (a convolution dilated along W ran 2-12x slower per FLOP);
+    * a matrix over channels, over a 3..7-wide window or over a spatial axis;
+    * a shift or a softmax along the contiguous axis W or a strided one;
+    * a mean or a max; each transcendental function.
+
+    Variants measured at the same speed share one: ``relu``, ``abs``, ``neg`` and
+    ``square`` are ``elementwise.simple``; an unfold's axes and window, a binary
+    op's operation, do not change the cost per byte.
     """
     name, attrs = prim.name, prim.attrs
     if name == "projection":
