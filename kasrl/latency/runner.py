@@ -94,7 +94,7 @@ def _sync(device: str) -> None:
 
 @torch.no_grad()
 def time_interleaved(fns: Sequence[Callable[[], object]], time_s: float = 0.1, rounds: int = 3, block_s: float = 2e-3,
-                     quantile: float = 0.01, device: str = "cpu", max_calls: int = 200) -> list:
+                     quantile: float = 0.01, device: str = "cpu", max_calls: int = 5000) -> list:
     """Each callable's speed (seconds per call), timed in interleaved rounds.
 
     One untimed call of each first; then rounds of a block of calls of each
