@@ -47,6 +47,7 @@ __all__ = [
     "fingerprint_key",
     "default_profile_path",
     "profile_document",
+    "profile_checksum",
     "save_profile",
     "load_profile",
     "write_atomic",
@@ -88,6 +89,11 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
+def profile_checksum(doc: Mapping[str, Any]) -> str:
+    """The sha256 of the canonical JSON (sorted keys, no spaces, ASCII) of a profile document without its ``checksum``."""
+    return hashlib.sha256(_canonical({k: v for k, v in doc.items() if k != "checksum"})).hexdigest()
+
+
 def fingerprint_key(fp: Mapping[str, Any]) -> str:
     """A short hash naming a fingerprint (the default profile's file name)."""
     return hashlib.sha256(_canonical(dict(fp))).hexdigest()[:16]
@@ -118,7 +124,7 @@ def profile_document(model: LatencyModel, calibration: Mapping[str, Any]) -> dic
         },
         "calibration": dict(calibration),
     }
-    doc["checksum"] = hashlib.sha256(_canonical(doc)).hexdigest()
+    doc["checksum"] = profile_checksum(doc)
     return doc
 
 
@@ -221,8 +227,7 @@ def _check(doc: Any, source: str) -> LatencyModel:
     if type(doc.get("version")) is not int or doc["version"] != VERSION:
         fail(f"schema version {json.dumps(doc.get('version'))[:20]} is not supported (this kasrl reads version {VERSION}); recalibrate")
     _keys(doc, "profile", {"schema": str, "version": int, "fingerprint": dict, "model": dict, "calibration": dict, "checksum": str}, fail)
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    if hashlib.sha256(_canonical(body)).hexdigest() != doc["checksum"]:
+    if profile_checksum(doc) != doc["checksum"]:
         fail("checksum mismatch: the file was edited or corrupted after it was written; recalibrate")
     fp = doc["fingerprint"]
     _keys(fp, "fingerprint", _FINGERPRINT_TYPES, fail)
