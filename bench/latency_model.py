@@ -1,7 +1,7 @@
 """Benchmark: how well a calibrated latency model predicts measured kernel latency.
 
     python bench/latency_model.py [--kernels 200] [--seconds 150] [--measure-s 0.25] [--resnet-batch 1]
-                                  [--dir DIR] [--seed 0] [--heldout-seed 1] [--skip-resnet]
+                                  [--dir DIR] [--seed 0] [--heldout-seed 1] [--sets task,resnet18]
 
 Single-threaded, allocator pinned (DESIGN section 6). For the default task's
 placements (``fashion_mnist_cnn``: 32x14x14 and 64x7x7, its latency batch) and
@@ -59,7 +59,7 @@ def heldout(space, placements, batch: int, n: int, seed: int, measure_s: float, 
         for p in placements:
             r = known.get((i, str(p)))
             if r is None:
-                t = time_pair(build_module(k, *p), convs[p], inputs[p], repeats=5, warmup=1, time_s=measure_s)
+                t = time_pair(build_module(k, *p), convs[p], inputs[p], repeats=5, warmup=1, time_s=measure_s, max_time_s=measure_s)
                 r = {"index": i, "placement": str(p), "kernel_s": t.kernel_ms / 1e3, "conv_s": t.baseline_ms / 1e3,
                      "spread": t.speedup_spread}
                 with open(cache, "a") as f:
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heldout-seed", type=int, default=1)
     ap.add_argument("--dir", default=None, help="keep profiles, samples and measurements here (default: a temporary folder)")
-    ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--sets", default="task,resnet18", help="which placement sets: task (the --task's), resnet18 or both")
     args = ap.parse_args()
     fp = setup()
     print(device_line(fp))
@@ -155,8 +155,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.dir) if args.dir else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        run_set(args.task, placements, task.latency.batch, budget, args, root)
-        if not args.skip_resnet:
+        sets = {s.strip() for s in args.sets.split(",")}
+        if "task" in sets:
+            run_set(args.task, placements, task.latency.batch, budget, args, root)
+        if "resnet18" in sets:
             run_set("resnet18", RESNET18_PLACEMENTS, args.resnet_batch, Budget(), args, root)
 
 
