@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from kasrl.errors import KasrlError
 from kasrl.ir.graph import KernelGraph
 from kasrl.latency.model import (
     ELEMENT_SIZES,
@@ -480,7 +481,12 @@ def calibrate(placements: Sequence[Placement], batch: int = 8, threads: int = 1,
     finally:
         if bar is not None:
             bar.close()
-    model, residuals = fit_model(done, batch, "float32", fp, placements)
+    try:
+        model, residuals = fit_model(done, batch, "float32", fp, placements)
+    except ValueError:
+        errors = sorted({s["error"] for s in done if s.get("error")})
+        why = f" (every kernel failed, e.g. {errors[0]})" if errors else ""
+        raise KasrlError(f"latency calibration: no usable sample in {spent:.1f} s{why}; give it more time") from None
     ok = [s for s in done if not s.get("error")]
     calibration = {
         "placements": [str(p) for p in placements],

@@ -286,6 +286,9 @@ class LatencyModel:
         object.__setattr__(self, "_int", MappingProxyType(units))
         object.__setattr__(self, "_conv_alone", tuple(_units(v, self.unit_exp) for v in coefs[conv3x3_kind()]))
 
+    def __hash__(self) -> int:
+        return hash((self.batch, self.dtype, self.unit_exp, tuple(self.coefficients.items()), tuple(self.scales.items())))
+
     # -- units ----------------------------------------------------------------
     @property
     def element_size(self) -> int:

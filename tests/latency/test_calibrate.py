@@ -114,3 +114,16 @@ def test_the_same_seed_draws_the_same_kernels():
     a = [random_kernel(space, 3, i).describe() for i in range(4)]
     b = [random_kernel(SearchSpace([TINY]), 3, i).describe() for i in range(4)]
     assert a == b and len(set(a)) > 1
+
+
+def test_a_calibration_without_a_usable_sample_is_a_kasrl_error(tmp_path, monkeypatch):
+    """Kernels that all fail to run leave no model to fit: one KasrlError naming a failure, no profile."""
+    from kasrl.errors import KasrlError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(cal, "measure_sample", broken)
+    with pytest.raises(KasrlError, match="no usable sample.*out of memory"):
+        calibrate([TINY], batch=1, time_budget_s=60, out=tmp_path / "p.json", progress=False, max_samples=2)
+    assert not (tmp_path / "p.json").exists()
