@@ -6,6 +6,12 @@
   parameters, accuracy against the baseline and the reward;
 * ``python -m kasrl confirm RUN_DIR [--top K] [--seeds S]``: retrain a run's best
   kernels over seeds, paired with the baseline; a leaderboard by confirmed reward.
+* ``python -m kasrl calibrate [--task T] [--out FILE] [--seconds S]``: measure
+  this device and write its latency profile (see :mod:`kasrl.latency`) for the
+  task's placements, batch, threads and device;
+* ``python -m kasrl predict KERNEL.json [--task T] [--profile FILE] [--measure]``:
+  the kernel's predicted latency beside the replaced 3x3 convolution's at each
+  of the task's placements (and, with ``--measure``, both measured).
 
 Every command prints one line naming what is wrong and exits with status 2 on
 bad input; nothing is written in that case.
@@ -14,6 +20,7 @@ bad input; nothing is written in that case.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +47,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if graph.sizes is None:
         raise KasrlError(f"{args.kernel}: the kernel has no solved sizes (`sizes` is missing)")
     try:
-        for s, choice in graph.sizes.items():
+        for choice in graph.sizes.values():
             choice.value(p.c)
     except ValueError as e:
         raise KasrlError(f"--shape {args.shape}: {e}") from None
@@ -112,9 +119,119 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
         return 1
     best = max(rows, key=lambda r: r["confirmed_reward"])
     print(f"best confirmed: {best['hash'][:16]} reward {best['confirmed_reward']:.3f} (run's {best['reward']:.3f}), "
-          f"speedup {best['speedup']:.3f}x, accuracy {best['accuracy_mean']:.2f} +- {best['accuracy_sd']:.2f}% over {len(best['seeds'])} seeds "
+          f"speedup {best['speedup']:.3f}x, accuracy {best['accuracy_mean']:.2f} +- {best['accuracy_sd']:.2f}% "
+          f"over {len(best['seeds'])} seeds "
           f"(gap {best['gap_mean']:+.2f} +- {best['gap_sd']:.2f} pt); {Path(args.run_dir) / 'confirmed.json'}")
     return 0
+
+
+def _pin_allocator(args: argparse.Namespace) -> None:
+    """Re-run this command with glibc's allocator pinned (as the latency harness needs), when it came from the command line."""
+    from kasrl.eval.latency import allocator_pinned, pinned_env
+
+    if getattr(args, "from_command_line", False) and not allocator_pinned():
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "kasrl", *sys.argv[1:]], pinned_env())
+
+
+def _latency_setup(task_name: str) -> tuple:
+    """``(task, timed placements, every placement, budget, device)`` for the latency commands.
+
+    Kernels are timed at the task's latency placements and must be legal at every
+    placement it searches or times at. The dataset's files are not needed.
+    """
+    from kasrl.tasks import build_task_network, latency_placements, load_task, task_placements
+    from kasrl.tasks.task import resolve_device
+
+    task = load_task(task_name, check_paths=False)
+    model, _ = build_task_network(task)
+    search = task_placements(task, model)
+    timed = latency_placements(task, search, model)
+    return task, tuple(timed), tuple(dict.fromkeys(tuple(search) + tuple(timed))), task.budget, str(resolve_device(task))
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from kasrl.latency.calibrate import calibrate, samples_path
+    from kasrl.latency.profile import default_profile_path, fingerprint
+
+    if not 0 < args.seconds <= 24 * 3600:
+        raise KasrlError(f"--seconds {args.seconds:g}: must be a number of seconds in (0, 86400]")
+    task, placements, legal_at, budget, device = _latency_setup(args.task)
+    spec = task.latency
+    fp = fingerprint(device, spec.threads, spec.batch)
+    out = Path(args.out) if args.out else default_profile_path(fp)
+    if out.exists() and out.is_dir():
+        raise KasrlError(f"--out {out}: is a directory; give the profile's file name")
+    _pin_allocator(args)
+    model = calibrate(placements, spec.batch, spec.threads, device, args.seed, args.seconds, out, progress=not args.quiet, budget=budget,
+                      space_placements=legal_at)
+    import json
+
+    cal = json.loads(out.read_text())["calibration"]
+    n, res = cal["samples"], cal["residuals"]
+    print(f"wrote latency profile {out} (samples in {samples_path(out)})")
+    where = fp["cpu"] if fp["gpu"] is None else fp["gpu"]
+    print(f"  device: {where}, torch {fp['torch']}, {fp['threads']} thread(s), batch {fp['batch']}, {fp['dtype']}, {device}")
+    print(f"  measured {n['kernels']} random kernels ({n['nodes']} nodes alone, {n['whole_kernels']} whole) in {cal['seconds']:.0f} s "
+          f"at {', '.join(map(str, placements))}")
+    w = res["whole"]
+    if w.get("n"):
+        print(f"  whole kernels: median |relative error| {w['median_rel_error']:.1%}, Spearman {w['spearman'] or float('nan'):.3f}, "
+              f"ops run {w['common_scale']:.2f}x slower inside a kernel than alone")
+    for p, r in res["conv3x3"].items():
+        print(f"  3x3 conv at {p}: measured {r['measured_s'] * 1e3:.3f} ms, predicted {model.predict_conv3x3(_parse_one(p)) * 1e3:.3f} ms "
+              f"({r['rel_error']:+.1%})")
+    return 0
+
+
+def _parse_one(text: str):
+    from kasrl.solver.budget import parse_placements
+
+    return parse_placements(text)[0]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from kasrl.ir.serialize import load_kernel
+    from kasrl.latency.profile import ProfileError, default_profile_path, fingerprint, load_profile
+    from kasrl.solver.solve import SizeSolver
+
+    graph = load_kernel(args.kernel)
+    task, placements, legal_at, budget, device = _latency_setup(args.task)
+    spec = task.latency
+    fp = fingerprint(device, spec.threads, spec.batch)
+    path = Path(args.profile) if args.profile else default_profile_path(fp)
+    if not args.profile and not path.exists():
+        raise ProfileError(f"no latency profile for this device at {path}; run `python -m kasrl calibrate --task {args.task}` first")
+    model = load_profile(path, expect=fp)
+    if graph.sizes is None:
+        SizeSolver(legal_at, budget).solve(graph)
+    rows = []
+    for p in placements:
+        try:
+            rows.append((p, model.predict(graph, p), model.predict_conv3x3(p)))
+        except ValueError as e:
+            raise KasrlError(f"{args.kernel}: at {p}: {e}") from None
+    if args.measure:
+        _pin_allocator(args)
+    print(f"kernel {args.kernel} on task {task.name}, batch {spec.batch}, {spec.threads} thread(s), {device}; profile {path}")
+    for p, k, c in rows:
+        line = f"  {str(p):>10}: predicted {k * 1e3:9.3f} ms vs 3x3 conv {c * 1e3:9.3f} ms -> speedup {c / k:6.3f}x"
+        if args.measure:
+            t = _measure(graph, p, spec, device)
+            line += f" | measured {t.kernel_ms:9.3f} ms vs {t.baseline_ms:9.3f} ms -> {t.speedup:6.3f}x (spread {t.speedup_spread:.1%})"
+        print(line, flush=True)
+    return 0
+
+
+def _measure(graph, p, spec, device: str):
+    import torch
+
+    from kasrl.codegen.module import build_module
+    from kasrl.eval.latency import conv3x3, time_pair
+
+    x = torch.randn(spec.batch, p.c, p.h, p.w, device=device)
+    return time_pair(build_module(graph, *p).to(device), conv3x3(p.c).to(device), x, spec.repeats, spec.warmup, spec.time_s,
+                     spec.threads, quantile=spec.quantile, max_time_s=spec.max_time_s, target_spread=spec.target_spread)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,12 +255,26 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--seeds", type=int, default=None, help="training seeds each (default: the task's ladder.confirm_seeds)")
     co.add_argument("--executor", choices=("process", "inline"), default=None, help="where to train (default: the run's)")
     co.set_defaults(run=_cmd_confirm)
+    cal = sub.add_parser("calibrate", help="measure this device and write its latency profile for a task's placements")
+    cal.add_argument("--task", default="fashion_mnist_cnn", help="task name or YAML path (default fashion_mnist_cnn)")
+    cal.add_argument("--out", default=None, help="profile file (default: ~/.cache/kasrl/latency/<device hash>.json, or $KASRL_LATENCY_DIR)")
+    cal.add_argument("--seconds", type=float, default=150.0, help="seconds of measuring (default 150; an interrupted run resumes)")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the random kernels measured (default 0)")
+    cal.add_argument("--quiet", action="store_true", help="no progress bar")
+    cal.set_defaults(run=_cmd_calibrate)
+    pr = sub.add_parser("predict", help="print a kernel's predicted latency beside the 3x3 conv's at each of a task's placements")
+    pr.add_argument("kernel", help="kernel JSON document")
+    pr.add_argument("--task", default="fashion_mnist_cnn", help="task name or YAML path (default fashion_mnist_cnn)")
+    pr.add_argument("--profile", default=None, help="latency profile (default: this device's, see `calibrate`)")
+    pr.add_argument("--measure", action="store_true", help="also measure both with the latency harness (time_pair)")
+    pr.set_defaults(run=_cmd_predict)
     return parser
 
 
 def main(argv: list | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.from_command_line = argv is None
     try:
         return args.run(args)
     except KasrlError as e:

@@ -1,0 +1,1 @@
+"""Tests of the calibrated latency model (kasrl.latency)."""
