@@ -40,6 +40,7 @@ from kasrl.eval.base import EvalResult, Evaluator
 from kasrl.experiment.budget import BudgetExhausted
 from kasrl.ir.canonical import kernel_hash
 from kasrl.ir.graph import KernelGraph
+from kasrl.space.space import SIZE_OBJECTIVES
 from kasrl.strategy import Proposal, Strategy, StrategyContext
 
 __all__ = [
@@ -94,6 +95,8 @@ class PPOOptions:
     """graph (message passing over the kernel graph) | mlp (an MLP over the flattened padded arrays)."""
     repeat_penalty: float = 1.0
     """Subtracted from the reward of an episode whose kernel the run already evaluated (reward units; 0: off)."""
+    sizes: str = "fill"
+    """How a finished kernel is sized (see SearchSpace.finish; ``feasible`` is faster when the reward ignores sizes)."""
 
 
     def validate(self) -> None:
@@ -121,6 +124,8 @@ class PPOOptions:
             raise ConfigError(f"`options.ent_coef` must be >= 0 and `options.clip_range` > 0, got {p.ent_coef} and {p.clip_range}")
         if p.policy not in POLICIES:
             raise ConfigError(f"`options.policy` must be one of {sorted(POLICIES)}, got {p.policy!r}")
+        if p.sizes not in SIZE_OBJECTIVES:
+            raise ConfigError(f"`options.sizes` must be one of {', '.join(SIZE_OBJECTIVES)}, got {p.sizes!r}")
         if p.repeat_penalty < 0:
             raise ConfigError(f"`options.repeat_penalty` must be >= 0, got {p.repeat_penalty}")
 
@@ -417,7 +422,7 @@ class EvaluateTogetherVecEnv(DummyVecEnv):
 
 
 def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_penalty: float = 0.0,
-                 seen: set | None = None) -> EvaluateTogetherVecEnv:
+                 seen: set | None = None, sizes: str = "fill") -> EvaluateTogetherVecEnv:
     """``n_envs`` kernel-construction envs sharing one search space and one budgeted evaluator.
 
     Each env is ``BudgetGuard(RepeatPenalty(Monitor(KernelConstruction-v0)))``:
@@ -435,6 +440,7 @@ def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_
         repeat_penalty: see :class:`RepeatPenalty`.
         seen: the set of kernel hashes seen so far (shared, filled as episodes end;
             default: the hashes of ``evaluator.history``).
+        sizes: how finished kernels are sized (the env's ``sizes``).
 
     Raises:
         ValueError: when ``n_envs`` is below 1.
@@ -448,7 +454,7 @@ def make_vec_env(space: Any, evaluator: Any, n_envs: int, seed: int = 0, repeat_
 
     def make() -> gym.Env:
         own = PendingResult(evaluator)
-        env = Monitor(gym.make(envs.ENV_ID, space=space, evaluator=own))
+        env = Monitor(gym.make(envs.ENV_ID, space=space, evaluator=own, sizes=sizes))
         return BudgetGuard(RepeatPenalty(env, seen, repeat_penalty), own)
 
     venv = EvaluateTogetherVecEnv([make] * n_envs, evaluator)
@@ -583,7 +589,8 @@ class PPOStrategy(Strategy):
     def _build(self, state: dict | None) -> None:
         opts, ctx = self.options, self.context
         spent = ctx.budget.spent if ctx.budget is not None else 0
-        self.venv = make_vec_env(self.space, self._handoff, opts.n_envs, self.seed + spent, opts.repeat_penalty, seen=self.seen)
+        self.venv = make_vec_env(self.space, self._handoff, opts.n_envs, self.seed + spent, opts.repeat_penalty, seen=self.seen,
+                                 sizes=opts.sizes)
         self.agent = restore_agent(state, self.venv, opts) if state else make_agent(self.venv, opts, self.seed, self.space)
 
     # -- the thread -------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class PriorSampler(Strategy):
         from agents.ppo import make_agent, make_vec_env
 
         self.ppo_options = make_options("ppo", self.options.ppo)
-        self.venv = make_vec_env(self.space, AnalyticEvaluator(self.space.placements), 1, self.seed)
+        self.venv = make_vec_env(self.space, AnalyticEvaluator(self.space.placements), 1, self.seed, sizes=self.ppo_options.sizes)
         # exactly what PPO builds at this seed (its weights depend only on the seed and the options)
         self.policy = make_agent(self.venv, self.ppo_options, self.seed, self.space).policy
         self.policy.set_training_mode(False)
