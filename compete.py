@@ -130,6 +130,29 @@ def run_one(cfg: CompeteConfig, strategy: str, seed: int, out: Path, group: str,
             "settings": settings(cfg)}
 
 
+def pin_latency_model(cfg: CompeteConfig, folder: Path) -> CompeteConfig:
+    """``cfg`` with every run searching with one latency model: the task's, refined once from the store, in the
+    competition's folder (otherwise each run would refine it with what the runs before it measured)."""
+    from kasrl.latency.task import needs_model, save_run_model, task_latency_model, task_placements
+    from kasrl.store.sqlite import SQLiteStore
+    from kasrl.tasks import load_task
+
+    task = load_task(cfg.task, overrides=cfg.task_overrides, check_paths=False)
+    if not needs_model(task):
+        return cfg
+    path = (folder / "latency_profile.json").resolve()
+    if not path.is_file():
+        info: dict = {}
+        Path(cfg.store).parent.mkdir(parents=True, exist_ok=True)
+        store = SQLiteStore(cfg.store)
+        try:
+            model = task_latency_model(task, task_placements(task)[1], store, report=info)
+        finally:
+            store.close()
+        save_run_model(model, path, info["profile"], info["refined"])
+    return replace(cfg, task_overrides={**cfg.task_overrides, "latency.profile": str(path), "latency.refine": False})
+
+
 def settings(cfg: CompeteConfig) -> dict:
     """What makes two runs comparable: a finished run counts on resume only if these still match."""
     return {"task": cfg.task, "fidelity": cfg.fidelity, "evaluations": cfg.budget.evaluations, "seconds": cfg.budget.seconds,
@@ -144,6 +167,7 @@ def main(argv: list | None = None) -> int:
         if not resume:  # what --resume reloads, and the command the report quotes
             (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             (folder / "command.txt").write_text("python compete.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        cfg = pin_latency_model(cfg, folder)
     except (KasrlError, OSError) as e:
         return fail("compete.py", e)
     done_file = folder / "finished.json"

@@ -82,14 +82,15 @@ def setup(args: argparse.Namespace):
     out = _check_out(args.out)
     budget = Budget()
     placements = RESNET18_PLACEMENTS
+    latency = None
     if args.task:
         from kasrl.eval.task_space import task_search_setup
 
-        placements, budget = task_search_setup(args.task)
+        placements, budget, latency = task_search_setup(args.task)
     if args.placements:
         placements = parse_placements(args.placements, "--placements")
     config = SpaceConfig(max_steps=max(steps[1], SpaceConfig().max_steps), max_width=max(widths[1], 1))
-    return SearchSpace(placements, budget, config), out, steps, widths
+    return SearchSpace(placements, budget, config, latency=latency), out, steps, widths
 
 
 def main(argv=None) -> int:

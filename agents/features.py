@@ -3,7 +3,7 @@
 The observation (see :class:`envs.kernel_construction.KernelConstructionEnv`) is a
 ``Dict`` of padded arrays: ``nodes [N, F]``, ``adjacency [N, N]`` (1 where column
 ``j`` feeds row ``i``), ``node_mask [N]``, ``branches [W, N]`` (one-hot node of each
-open branch) and ``budget [6]``. The extractor is a small graph network::
+open branch) and ``budget [7]``. The extractor is a small graph network::
 
     h = relu(embed(nodes))                                  # [N, H]
     repeat rounds:                                          # message passing

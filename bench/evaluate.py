@@ -148,8 +148,8 @@ def main() -> None:
     from kasrl.store.sqlite import SQLiteStore
 
     task = _task(args)
-    placements, budget = task_search_setup(task)
-    sampler = RandomSampler(SearchSpace(placements, budget), seed=args.seed)
+    placements, budget, latency = task_search_setup(task)
+    sampler = RandomSampler(SearchSpace(placements, budget, latency=latency), seed=args.seed)
     if args.matrix:
         kernels = [sampler.ask().kernel for _ in range(args.matrix_kernels)]
         graphs = [{"off": False, "on": True}[g.strip()] for g in args.graphs.split(",") if g.strip()]

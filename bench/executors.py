@@ -42,8 +42,8 @@ def _kernels(task_name: str, n: int, seed: int) -> list:
     from kasrl.space import SearchSpace, SpaceConfig
     from kasrl.tasks import load_task
 
-    placements, budget = task_search_setup(load_task(task_name))
-    sampler = RandomSampler(SearchSpace(placements, budget, SpaceConfig(), SolverConfig(seed=seed)), seed=seed)
+    placements, budget, latency = task_search_setup(load_task(task_name))
+    sampler = RandomSampler(SearchSpace(placements, budget, SpaceConfig(), SolverConfig(seed=seed), latency=latency), seed=seed)
     return [dumps(sampler.ask().kernel) for _ in range(n)]
 
 

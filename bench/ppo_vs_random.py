@@ -70,8 +70,8 @@ def run(strategy: str, task: str, seed: int, episodes: int) -> list:
     from kasrl.space import SearchSpace, SpaceConfig
     from kasrl.strategy import StrategyContext, make_strategy
 
-    placements, budget = task_search_setup(task)
-    space = SearchSpace(placements, budget, SpaceConfig(min_steps=3, max_steps=12))
+    placements, budget, latency = task_search_setup(task)
+    space = SearchSpace(placements, budget, SpaceConfig(min_steps=3, max_steps=12), latency=latency)
     ev = BudgetedEvaluator(PlantedScore(), evaluations=episodes)
     ppo = {"sizes": "feasible"}
     options = ppo if strategy == "ppo" else {"ppo": ppo}

@@ -35,6 +35,8 @@ __all__ = ["KernelConstructionEnv", "MaskedDiscrete", "NODE_FEATURES"]
 _FAMILY_INDEX = {f: i for i, f in enumerate(("input",) + tuple(f for f in FAMILIES if f != "fork"))}
 _SLOT_FEATURES = 4  # per slot: absent, exactly C, has a free size, log2 of a fixed size / 4
 NODE_FEATURES = len(_FAMILY_INDEX) + 6 * _SLOT_FEATURES + 5
+#: Length of the ``budget`` observation.
+BUDGET_FEATURES = 7
 
 
 class MaskedDiscrete(spaces.Discrete):
@@ -167,9 +169,10 @@ class KernelConstructionEnv(gym.Env):
     * ``adjacency`` ``[max_nodes, max_nodes]``: 1 where column j feeds row i;
     * ``node_mask`` ``[max_nodes]``: 1 for real nodes;
     * ``branches`` ``[max_width, max_nodes]``: one-hot node of each open branch;
-    * ``budget`` ``[6]``: FLOPs and params used (lowest known sizes, fraction of
+    * ``budget`` ``[7]``: FLOPs and params used (lowest known sizes, fraction of
       the budget, worst placement), steps and width used, "a branch has C
-      channels", free sizes so far.
+      channels", free sizes so far, and predicted latency used (as the FLOPs;
+      0 when latency is not budgeted).
 
     **Reward** — 0 until the episode ends, then the evaluator's reward for the
     finished kernel. ``step`` never raises on a bad kernel: a failure is a
@@ -246,7 +249,7 @@ class KernelConstructionEnv(gym.Env):
                 "adjacency": spaces.Box(0.0, 1.0, (n, n), np.float32),
                 "node_mask": spaces.Box(0.0, 1.0, (n,), np.float32),
                 "branches": spaces.Box(0.0, 1.0, (self.max_width, n), np.float32),
-                "budget": spaces.Box(0.0, 1.0, (6,), np.float32),
+                "budget": spaces.Box(0.0, 1.0, (BUDGET_FEATURES,), np.float32),
             }
         )
         self.state: SearchState | None = None
@@ -367,12 +370,14 @@ class KernelConstructionEnv(gym.Env):
 
     def _budget_features(self, g: KernelGraph, open_state: bool) -> np.ndarray:
         cfg = self.space.config
-        out = np.zeros(6, dtype=np.float32)
+        out = np.zeros(BUDGET_FEATURES, dtype=np.float32)
         costs = self.state.witness_costs if open_state else None
         if costs is not None:
             lims = self.space.solver.limits
             out[0] = min(max(f / lim.flops for f, lim in zip(costs[0], lims)), 1.0)
             out[1] = min(max(p / lim.params for p, lim in zip(costs[1], lims)), 1.0)
+            if len(costs) > 2:
+                out[6] = min(max(t / lim.latency for t, lim in zip(costs[2], lims)), 1.0)
         out[2] = min(g.steps / cfg.max_steps, 1.0)
         out[3] = min(g.width / cfg.max_width, 1.0)
         out[4] = float(any(g.branch_shape(i)[C_SLOT] == C for i in range(g.width)))

@@ -73,9 +73,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     graph = load_kernel(args.kernel)
-    placements, budget = task_search_setup(task)
+    placements, budget, latency = task_search_setup(task)
     if graph.sizes is None:
-        SizeSolver(placements, budget).solve(graph)
+        SizeSolver(placements, budget, latency=latency).solve(graph)
     store = SQLiteStore(args.store) if args.store else None
     inner = MeasuredEvaluator(task, store, isolation="inline" if args.inline else "process", run_id="cli", strategy="cli")
     ev = CachedEvaluator(inner, store, "cli", "cli") if store is not None else inner
@@ -140,30 +140,31 @@ def _latency_setup(task_name: str) -> tuple:
     Kernels are timed at the task's latency placements and must be legal at every
     placement it searches or times at. The dataset's files are not needed.
     """
-    from kasrl.tasks import build_task_network, latency_placements, load_task, task_placements
+    from kasrl.latency.task import task_placements
+    from kasrl.tasks import load_task
     from kasrl.tasks.task import resolve_device
 
     task = load_task(task_name, check_paths=False)
-    model, _ = build_task_network(task)
-    search = task_placements(task, model)
-    timed = latency_placements(task, search, model)
-    return task, tuple(timed), tuple(dict.fromkeys(tuple(search) + tuple(timed))), task.budget, str(resolve_device(task))
+    timed, every = task_placements(task)
+    return task, timed, every, task.budget, str(resolve_device(task))
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from kasrl.latency.calibrate import calibrate, samples_path
-    from kasrl.latency.profile import default_profile_path, fingerprint
+    from kasrl.latency.task import check_supported, task_profile_fingerprint, task_profile_path
 
-    if not 0 < args.seconds <= 24 * 3600:
+    if args.seconds is not None and not 0 < args.seconds <= 24 * 3600:
         raise KasrlError(f"--seconds {args.seconds:g}: must be a number of seconds in (0, 86400]")
     task, placements, legal_at, budget, device = _latency_setup(args.task)
+    check_supported(task)
+    seconds = args.seconds if args.seconds is not None else task.latency.calibrate_s
     spec = task.latency
-    fp = fingerprint(device, spec.threads, spec.batch)
-    out = Path(args.out) if args.out else default_profile_path(fp)
+    fp = task_profile_fingerprint(task)
+    out = Path(args.out) if args.out else task_profile_path(task, placements)
     if out.exists() and out.is_dir():
         raise KasrlError(f"--out {out}: is a directory; give the profile's file name")
     _pin_allocator(args)
-    model = calibrate(placements, spec.batch, spec.threads, device, args.seed, args.seconds, out, progress=not args.quiet, budget=budget,
+    model = calibrate(placements, spec.batch, spec.threads, device, args.seed, seconds, out, progress=not args.quiet, budget=budget,
                       space_placements=legal_at)
     import json
 
@@ -192,14 +193,15 @@ def _parse_one(text: str):
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from kasrl.ir.serialize import load_kernel
-    from kasrl.latency.profile import ProfileError, default_profile_path, fingerprint, load_profile
+    from kasrl.latency.profile import ProfileError, load_profile
+    from kasrl.latency.task import task_profile_fingerprint, task_profile_path
     from kasrl.solver.solve import SizeSolver
 
     graph = load_kernel(args.kernel)
     task, placements, legal_at, budget, device = _latency_setup(args.task)
     spec = task.latency
-    fp = fingerprint(device, spec.threads, spec.batch)
-    path = Path(args.profile) if args.profile else default_profile_path(fp)
+    fp = task_profile_fingerprint(task)
+    path = Path(args.profile) if args.profile else task_profile_path(task, placements)
     if not args.profile and not path.exists():
         raise ProfileError(f"no latency profile for this device at {path}; run `python -m kasrl calibrate --task {args.task}` first")
     model = load_profile(path, expect=fp)
@@ -257,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.set_defaults(run=_cmd_confirm)
     cal = sub.add_parser("calibrate", help="measure this device and write its latency profile for a task's placements")
     cal.add_argument("--task", default="fashion_mnist_cnn", help="task name or YAML path (default fashion_mnist_cnn)")
-    cal.add_argument("--out", default=None, help="profile file (default: ~/.cache/kasrl/latency/<device hash>.json, or $KASRL_LATENCY_DIR)")
-    cal.add_argument("--seconds", type=float, default=150.0, help="seconds of measuring (default 150; an interrupted run resumes)")
+    cal.add_argument("--out", default=None, help="profile file (default: the task's latency.profile, else "
+                     "~/.cache/kasrl/latency/<device hash>-<placements hash>.json, or under $KASRL_LATENCY_DIR)")
+    cal.add_argument("--seconds", type=float, default=None,
+                     help="seconds of measuring (default: the task's latency.calibrate_s, 150; an interrupted run resumes)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the random kernels measured (default 0)")
     cal.add_argument("--quiet", action="store_true", help="no progress bar")
     cal.set_defaults(run=_cmd_calibrate)

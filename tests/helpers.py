@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 
@@ -79,3 +81,25 @@ class PlantedLatency:
         flops = 2 * 9 * p.c * p.c * p.h * p.w
         moved = 4 * (2 * p.c * p.h * p.w * self.batch + 9 * p.c * p.c)
         return self.fixed + self.per_flop * flops * self.batch + self.per_byte * moved
+
+
+TEST_MODEL = Path(__file__).parent / "data" / "latency_model.json"
+
+
+def fitted_latency_model(fingerprint: dict, batch: int | None = None):
+    """A :class:`~kasrl.latency.LatencyModel` with real fitted coefficients (tests/data/latency_model.json),
+    keyed to ``fingerprint`` (so it loads on whatever machine the tests run on)."""
+    from kasrl.latency import LatencyModel
+
+    doc = json.loads(TEST_MODEL.read_text())
+    return LatencyModel(doc["coefficients"], batch or fingerprint["batch"], fingerprint["dtype"], fingerprint, doc["unit_exp"],
+                        doc["scales"])
+
+
+def write_fitted_profile(path, fingerprint: dict, placements=("32x14x14", "64x7x7")) -> Path:
+    """Write :func:`fitted_latency_model` as a profile at ``path`` (a test's stand-in for ``python -m kasrl calibrate``)."""
+    from kasrl.latency import save_profile
+
+    calibration = {"placements": list(map(str, placements)), "seed": 0, "seconds": 0.0,
+                   "samples": {"source": str(TEST_MODEL.name)}, "residuals": {}, "allocator_pinned": False, "settings": {}}
+    return save_profile(fitted_latency_model(fingerprint), calibration, path)

@@ -33,7 +33,10 @@ from kasrl.solver.cpsat import SolverConfig
 from kasrl.space import SearchSpace
 from kasrl.tracking import NullTracker, Tracker, run_name
 
-__all__ = ["Run", "TrackerCallback", "ProgressCallback", "BestMetrics", "make_space", "make_evaluator"]
+__all__ = ["Run", "TrackerCallback", "ProgressCallback", "BestMetrics", "make_space", "make_evaluator", "LATENCY_PROFILE"]
+
+#: The latency model a run searches with, in its folder (a profile; see :mod:`kasrl.latency.task`).
+LATENCY_PROFILE = "latency_profile.json"
 
 
 class RungCounts:
@@ -189,7 +192,7 @@ def make_ladder(task, runner, store, run_id: str, strategy: str, latency=None):
     for name in spec.rungs:
         if name == "predict":
             if latency is None:
-                raise ConfigError("`task.ladder.rungs` has predict, which needs a latency model: set `budget.latency` (and calibrate)")
+                raise ConfigError("`task.ladder.rungs` has predict, which needs the task's latency model (kasrl.latency.task)")
             timed = latency_placements(task, task_placements_of(task))
             rungs.append(PredictRung(latency, timed, spec.predict_margin))
         else:
@@ -198,6 +201,19 @@ def make_ladder(task, runner, store, run_id: str, strategy: str, latency=None):
     ladder = Ladder(rungs, LadderPolicy(spec.top_k, spec.floor), "measured", task.fingerprint, store, penalties, run_id, strategy)
     ladder.runner = runner
     return ladder
+
+
+def latency_summary(info: dict) -> dict:
+    """The run's latency model as wandb summary values: its profile, whether it was calibrated now, the refinement."""
+    out = {"latency_model/profile": info["profile"], "latency_model/calibrated": info["calibrated"]}
+    refined = info.get("refined")
+    if refined:
+        out["latency_model/refined_on"] = refined["n"]
+        for when in ("before", "after"):
+            for key, value in refined[when].items():
+                if value is not None:
+                    out[f"latency_model/{key}_{when}"] = value
+    return out
 
 
 def task_placements_of(task) -> tuple:
@@ -248,22 +264,43 @@ class Run:
             except OSError as e:
                 raise ConfigError(f"`out` {cfg.out}: cannot create the run folder ({e.strerror or e})") from None
         (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        self.placements, budget = task_search_setup(self.task)
-        self.space = make_space(cfg, self.placements, budget)
+        self.placements, budget, _ = task_search_setup(self.task, latency=False)  # the run's model: _latency_model
         Path(cfg.store).parent.mkdir(parents=True, exist_ok=True)
         self.store = SQLiteStore(cfg.store)
+        self.latency_info: dict = {}
+        self.latency = self._latency_model(resumed=resume_dir is not None, quiet=not progress)
+        self.space = make_space(cfg, self.placements, budget, latency=self.latency)
         self.tracker = NullTracker()
         if tracker:
             self.tracker = Tracker.start(cfg.wandb.project, self.name, cfg.wandb.group or None, to_dict(cfg), str(self.dir),
                                          cfg.wandb.mode or None)
+        if self.latency_info:
+            self.tracker.summary(latency_summary(self.latency_info))
         self.top = TopKernels(cfg.top_k)
         self.best = BestMetrics(self.tracker)
-        self.inner = make_evaluator(cfg, self.task, self.placements, self.store, self.name, strategy, self.space.solver.latency)
+        self.inner = make_evaluator(cfg, self.task, self.placements, self.store, self.name, strategy, self.latency)
         self.rung_names = [r.name for r in getattr(self.inner, "rungs", ())]
         callbacks = [TrackerCallback(self.tracker, self.rung_names), self.top, self.best]
         self._progress = progress
         self.evaluator = BudgetedEvaluator(self.inner, cfg.budget.evaluations, cfg.budget.seconds, callbacks)
         self.started = time.time()
+
+    def _latency_model(self, resumed: bool, quiet: bool):
+        """The task's latency model (None when it needs none), written into the run folder: a resumed run reuses
+        the one it started with (its masks were exact for that model); a new run loads, calibrates on first use
+        and refines from the store (see :mod:`kasrl.latency.task`)."""
+        from kasrl.latency.profile import load_profile
+        from kasrl.latency.task import needs_model, save_run_model, task_latency_model, task_profile_fingerprint
+
+        if not needs_model(self.task):
+            return None
+        saved = self.dir / LATENCY_PROFILE
+        if resumed and saved.is_file():
+            self.latency_info = {"profile": str(saved), "calibrated": False, "refined": None}
+            return load_profile(saved, expect=task_profile_fingerprint(self.task))
+        model = task_latency_model(self.task, self.placements, self.store, quiet=quiet, report=self.latency_info)
+        save_run_model(model, saved, self.latency_info["profile"], self.latency_info["refined"])
+        return model
 
     # -- progress, checkpoints -------------------------------------------------------
     def start_progress(self) -> None:

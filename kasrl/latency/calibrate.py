@@ -41,6 +41,7 @@ sample (half-second runs) rather than more samples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -79,6 +80,7 @@ __all__ = [
     "measure_sample",
     "fit_relative",
     "fit_model",
+    "refine",
     "calibrate",
 ]
 
@@ -97,6 +99,8 @@ MIN_ROWS = 6
 CONV3X3_WEIGHT = 1000.0
 #: How strongly each kind's in-kernel scale is pulled towards the common one (see :func:`fit_model`).
 SHRINK = 0.1
+#: How many whole-kernel samples the calibrated model counts as, when :func:`refine` refits it.
+REFINE_PRIOR = 20.0
 _SAMPLES_SCHEMA = "kasrl.latency-samples"
 
 
@@ -402,6 +406,65 @@ def fit_model(samples: Iterable[Mapping[str, Any]], batch: int, dtype: str = "fl
     return model, residuals
 
 
+def _medians(pred: np.ndarray, t: np.ndarray) -> dict:
+    rho = _spearman(pred, t)
+    return {"median_rel_error": float(np.median(np.abs(pred / t - 1))), "spearman": rho if math.isfinite(rho) else None}
+
+
+def refine(model: LatencyModel, samples: Sequence[tuple], prior: float = REFINE_PRIOR,
+           placements: Sequence[Placement] = ()) -> tuple:
+    """Refit a model's in-kernel scales and kernel overhead to measured whole kernels; returns ``(model, report)``.
+
+    ``samples`` are ``(solved kernel, placement, seconds)``: what a search measured
+    (see :func:`kasrl.latency.task.store_samples`). The ops' own coefficients (what a
+    calibration measures alone) stay; stage 2 of :func:`fit_model` is fitted again
+    on these kernels, with one extra row per coefficient pulling it towards the
+    model's own value as strongly as ``prior`` samples would, so a few samples move
+    the model a little and many move it as far as they show. What a search measures
+    (kernels sized to fill its budget, timed at the task's placements) is what the
+    calibration's first-legal-size kernels miss.
+
+    ``report``: the samples' count and, before and after, the median absolute
+    relative error and the Spearman correlation on them (in-sample).
+
+    Raises:
+        ValueError: when ``samples`` is empty.
+    """
+    if not samples:
+        raise ValueError("no measured kernel to refine the latency model with")
+    node_kinds = [k for k in KINDS if k != KERNEL]
+    elsize = model.element_size
+    by_kind = np.zeros((len(samples), len(node_kinds)))
+    kf = np.zeros((len(samples), 2))
+    t = np.array([float(s) for _, _, s in samples])
+    for i, (graph, placement, _) in enumerate(samples):
+        p = Placement(*placement)
+        for node in graph.live_nodes()[1:]:
+            kind = op_kind(node.prim)
+            by_kind[i, node_kinds.index(kind)] += float(np.dot(model.coefficients[kind], node_features(graph, node, p, model.batch, elsize)))
+        kf[i] = np.asarray(kernel_features(p, model.batch, elsize), dtype=float)[[0, 2]]
+    old = np.array([model.scales[k] for k in node_kinds] + [model.coefficients[KERNEL][0], model.coefficients[KERNEL][2]])
+    before = _medians(by_kind @ old[: len(node_kinds)] + kf @ old[len(node_kinds):], t)
+    present = [j for j in range(len(node_kinds)) if by_kind[:, j].any()] + [len(node_kinds), len(node_kinds) + 1]
+    a = np.column_stack([by_kind, kf])[:, present] / t[:, None]
+    # the prior: (x_j / old_j - 1)^2 per coefficient, weighing `prior` samples in all (a zero one is left free)
+    anchored = [i for i, j in enumerate(present) if old[j] > 0]
+    rows = np.zeros((len(anchored), len(present)))
+    w = math.sqrt(prior / max(1, len(anchored)))
+    for r, i in enumerate(anchored):
+        rows[r, i] = w / old[present[i]]
+    x = _solve(np.vstack([a, rows]), np.concatenate([np.ones(len(t)), np.full(len(anchored), w)]))
+    new = old.copy()
+    new[present] = x
+    after = _medians(by_kind @ new[: len(node_kinds)] + kf @ new[len(node_kinds):], t)
+    scales = {k: float(v) for k, v in zip(node_kinds, new[: len(node_kinds)], strict=True)}
+    coefs = dict(model.coefficients)
+    coefs[KERNEL] = (float(new[-2]), 0.0, float(new[-1]))
+    largest = max((model.predict_conv3x3(p) for p in (*placements, *(Placement(*q) for _, q, _ in samples))), default=0.0)
+    refined = LatencyModel(coefs, model.batch, model.dtype, dict(model.fingerprint), choose_unit(coefs, largest, scales), scales)
+    return refined, {"n": len(samples), "prior": prior, "before": before, "after": after}
+
+
 # --------------------------------------------------------------------------- the driver
 def calibrate(placements: Sequence[Placement], batch: int = 8, threads: int = 1, device: str = "cpu", seed: int = 0,
               time_budget_s: float = 150.0, out: str | os.PathLike | None = None, progress: bool = True,
@@ -419,7 +482,7 @@ def calibrate(placements: Sequence[Placement], batch: int = 8, threads: int = 1,
         out: the profile's path (default: :func:`~kasrl.latency.profile.default_profile_path`);
             samples go to :func:`samples_path` beside it.
         progress: show a tqdm progress bar (on stderr).
-        budget: the search budget the random kernels respect (default :class:`Budget`).
+        budget: the search budget the random kernels respect (default :class:`Budget`; not its latency).
         settings: overrides of :data:`DEFAULT_SETTINGS`.
         max_samples: stop after this many samples (for tests).
         space_placements: where the random kernels must be legal (default ``placements``;
@@ -429,7 +492,7 @@ def calibrate(placements: Sequence[Placement], batch: int = 8, threads: int = 1,
         The fitted model (also written to ``out``).
     """
     placements = check_placements(placements)
-    budget = budget or Budget()
+    budget = dataclasses.replace(budget or Budget(), latency=None)  # the model a latency budget needs is what this makes
     st = {**DEFAULT_SETTINGS, **(settings or {})}
     fp = fingerprint(device, threads, batch)
     out = Path(out) if out is not None else default_profile_path(fp)

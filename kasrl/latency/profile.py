@@ -31,7 +31,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +99,17 @@ def fingerprint_key(fp: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(dict(fp))).hexdigest()[:16]
 
 
-def default_profile_path(fp: Mapping[str, Any]) -> Path:
-    """``$KASRL_LATENCY_DIR/<key>.json``, by default under ``~/.cache/kasrl/latency``."""
+def default_profile_path(fp: Mapping[str, Any], placements: Sequence[Any] = ()) -> Path:
+    """``$KASRL_LATENCY_DIR/<key>.json``, by default under ``~/.cache/kasrl/latency``.
+
+    With ``placements`` (where a task times its kernels), ``<key>-<placements key>.json``:
+    a model predicts best where it was calibrated, so each set of placements gets its own profile.
+    """
     root = os.environ.get("KASRL_LATENCY_DIR") or str(Path.home() / ".cache" / "kasrl" / "latency")
-    return Path(root).expanduser() / f"{fingerprint_key(fp)}.json"
+    name = fingerprint_key(fp)
+    if placements:
+        name += "-" + hashlib.sha256(",".join(sorted(str(p) for p in placements)).encode()).hexdigest()[:8]
+    return Path(root).expanduser() / f"{name}.json"
 
 
 def _describe(fp: Mapping[str, Any]) -> str:

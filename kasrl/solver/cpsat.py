@@ -132,12 +132,14 @@ def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | 
     if "latency" in only and prob.has_latency:
         sums.append((prob.latency, [lim.latency for lim in prob.limits]))
     vals = {c: _choice_values(c, prob.placements) for c in domain.choices()}
+    # each sum as groups of terms with one free part (see NumericModel.compile_poly), and which groups each size is in
+    sums = [(groups, {s: [j for j, (free, _) in enumerate(groups) if any(x == s for x, _ in free)] for s in prob.symbols}, limits)
+            for groups, limits in ((num.compile_poly(tuple(terms)), limits) for terms, limits in sums)]
     for _ in range(4):
         changed = False
         lo = {s: [min(vals[c][i] for c in d) for i in range(len(prob.placements))] for s, d in doms.items()}
         hi = {s: [max(vals[c][i] for c in d) for i in range(len(prob.placements))] for s, d in doms.items()}
-        for terms, limits in sums:
-            compiled = [num.compile_float(m) for m in terms]
+        for groups, by_symbol, limits in sums:
             for i, limit in enumerate(limits):
                 def term_lb(free, k, fixed=None):
                     v = k
@@ -147,16 +149,15 @@ def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | 
                         else:
                             v *= (lo[s][i] if n > 0 else hi[s][i]) ** n
                     return v
-                lbs = [term_lb(free, per_p[i][0] * per_p[i][1] ** 0) for free, per_p in compiled]
+                lbs = [term_lb(free, ks[i]) for free, ks in groups]
                 total = sum(lbs)
                 if total > limit * (1 + 1e-9):
                     return None
-                for s in prob.symbols:
-                    rel = [(j, free, per_p) for j, (free, per_p) in enumerate(compiled) if any(x == s for x, _ in free)]
+                for s, rel in by_symbol.items():
                     if not rel:
                         continue
-                    rest = total - sum(lbs[j] for j, _, _ in rel)
-                    kept = [c for c in doms[s] if rest + sum(term_lb(free, per_p[i][0], (s, c)) for _, free, per_p in rel) <= limit * (1 + 1e-9)]
+                    rest = total - sum(lbs[j] for j in rel)
+                    kept = [c for c in doms[s] if rest + sum(term_lb(groups[j][0], groups[j][1][i], (s, c)) for j in rel) <= limit * (1 + 1e-9)]
                     if len(kept) < len(doms[s]):
                         if not kept:
                             return None
@@ -281,18 +282,19 @@ class _Builder:
         """Per placement: a linear expression of the cost (values clamped above the budget)."""
         caps = [2 * getattr(lim, which) + 1 for lim in self.prob.limits]
         consts = [0] * len(caps)
-        lits = [[] for _ in caps]
-        coefs = [[] for _ in caps]
+        coefs: list = [{} for _ in caps]  # per placement: literal index -> summed coefficient (terms share literals)
+        lits: dict = {}
         for term in terms:
             for lit, vals in self.values(term):
+                if lit is not True:
+                    lits[lit.index] = lit
                 for i, (n, d) in enumerate(vals):
                     c = min(-(-n // d), caps[i])
                     if lit is True:
                         consts[i] += c
                     else:
-                        lits[i].append(lit)
-                        coefs[i].append(c)
-        return [cp_model.LinearExpr.weighted_sum(ls, cs) + k for ls, cs, k in zip(lits, coefs, consts)]
+                        coefs[i][lit.index] = coefs[i].get(lit.index, 0) + c
+        return [cp_model.LinearExpr.weighted_sum([lits[j] for j in cs], list(cs.values())) + k for cs, k in zip(coefs, consts)]
 
 
 def _status_ok(status: int) -> bool:

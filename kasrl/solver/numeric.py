@@ -29,6 +29,8 @@ class NumericModel:
         self.limits = tuple(limits)
         self._compiled: dict = {}
         self._compiled_f: dict = {}
+        self._compiled_poly: dict = {}
+        self._c_float = tuple(float(p.c) for p in self.placements)
 
     _shared: dict = {}
 
@@ -108,15 +110,42 @@ class NumericModel:
             self._compiled_f[m] = hit
         return hit
 
-    def poly_float(self, terms: Iterable[Monomial], w: Mapping) -> list:
+    def compile_poly(self, terms: Sequence[Monomial]) -> tuple:
+        """``((free_part, (K_p, ...)), ...)``: a sum of monomials with the terms of each
+        free part summed (float static parts; cached per tuple of terms). The
+        latency model's polynomials repeat free parts (a node's call, FLOPs and
+        bytes), so this evaluates several times fewer terms."""
+        key = terms if isinstance(terms, tuple) else tuple(terms)
+        hit = self._compiled_poly.get(key)
+        if hit is None:
+            groups: dict = {}
+            for m in key:
+                free, per_p = self.compile_float(m)
+                acc = groups.get(free)
+                if acc is None:
+                    groups[free] = [k for k, _ in per_p]
+                else:
+                    for i, (k, _) in enumerate(per_p):
+                        acc[i] += k
+            hit = tuple((free, tuple(ks)) for free, ks in groups.items())
+            if len(self._compiled_poly) > 200_000:
+                self._compiled_poly.clear()
+            self._compiled_poly[key] = hit
+        return hit
+
+    def poly_float(self, terms: Sequence[Monomial], w: Mapping) -> list:
         """Float value of a sum of monomials at each placement (fast; see :meth:`poly`)."""
-        out = [0.0] * len(self.placements)
-        for m in terms:
-            free, per_p = self.compile_float(m)
+        return self.compiled_float(self.compile_poly(terms), w)
+
+    def compiled_float(self, groups: tuple, w: Mapping) -> list:
+        """:meth:`poly_float` of what :meth:`compile_poly` returned (for loops over assignments)."""
+        cs = self._c_float
+        out = [0.0] * len(cs)
+        for free, ks in groups:
             a, e = self._exponents(free, w)
             two = 2.0**e
-            for i, (k, c) in enumerate(per_p):
-                out[i] += k * c**a * two
+            for i, k in enumerate(ks):
+                out[i] += k * cs[i] ** a * two
         return out
 
     def poly(self, terms: Iterable[Monomial], w: Mapping) -> list:

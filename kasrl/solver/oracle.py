@@ -50,7 +50,8 @@ test first:
    channel size ``C`` (route *a*) or not (route *c*, with its extra cost);
 2. rejections carried down the episode: constraints only grow, so an effect
    rejected in an earlier state of the episode (with the same or a costlier
-   route) stays rejected (with latency budgeted, only floor rejections);
+   route) stays rejected (with latency budgeted, only rejections that hold
+   without the finishing step's latency, which shrinks when branches merge);
 3. the cost floor: the action's own cheapest cost (:meth:`CompletionOracle.effect_floor`,
    cached per effect) must fit above a running lower bound of the state's costs
    (:meth:`CompletionOracle.headroom`);
@@ -192,6 +193,8 @@ class CompletionOracle:
         self._effects: dict = {}
         self._verdicts: dict = {}
         self.stats: Counter = Counter()
+        self.permanent = False
+        """Whether the last rejection by :meth:`check_prepared` holds for the rest of the episode."""
         dom = solver.config.domain
         legal = dom.choices()
         first = [(False, 0), (False, 1), (False, 2), (False, 3), (True, 0), (True, -1), (True, -2), (True, -3), (True, 1)]
@@ -221,6 +224,7 @@ class CompletionOracle:
         full = INPUT_SHAPE  # [1, C, 1, 1, H, W]: the largest a folded branch can be
         add = Binary(op="add")
         self._add_terms = infer(add, (full, full), 0, ctx).latency
+        self._add_float = self.num.poly_float(self._add_terms, {})
         pooled = (ONE, ONE, ONE, ONE, full[H_SLOT], full[W_SLOT])
         tail = []
         shape = pooled
@@ -264,6 +268,32 @@ class CompletionOracle:
             terms.extend(m * (len(shapes) - 1) for m in self._add_terms)
         return tuple(terms)
 
+    def _pending_floor(self, shape: Shape, has_c: bool) -> list:
+        """A lower bound, whatever the sizes, of the latency of a branch's pending folds (cached per shape and route)."""
+        key = ("floor", shape, has_c)
+        hit = self._pending.get(key)
+        if hit is None:
+            terms = self.pending_terms(shape, has_c)
+            syms = {s for m in terms for s in m.free_symbols()}
+            hit = self._pending[key] = self._lb(terms, self._bounds({s: self._all for s in syms}), {})
+        return hit
+
+    def _closing_floor(self, state: SearchState, has_c: bool, ops: tuple, width_after: int, shape: Shape) -> list:
+        """A lower bound of the finishing step's latency after an effect on ``ops`` with output ``shape``:
+        every branch's pending folds, whatever the sizes, and the merges (cheap: per-shape floors)."""
+        key = ("floor", has_c, ops, width_after)
+        if state.closing is None:
+            state.closing = {}
+        rest = state.closing.get(key)
+        if rest is None:
+            graph = state.graph
+            rest = [(width_after - 1) * a for a in self._add_float]
+            for i in range(graph.width):
+                if i not in ops:
+                    rest = [a + b for a, b in zip(rest, self._pending_floor(graph.branch_shape(i), has_c))]
+            state.closing[key] = rest
+        return [a + b for a, b in zip(rest, self._pending_floor(shape, has_c))]
+
     def _branch_pending(self, state: SearchState, w: dict, has_c: bool) -> list:
         """Per open branch, the float latency of its pending folds under ``w`` (cached per state and route)."""
         if state.closing is None:
@@ -276,14 +306,17 @@ class CompletionOracle:
         return hit
 
     def _rest(self, state: SearchState, w: dict, has_c: bool, ops: tuple, width_after: int) -> list:
-        """Float closing latency of the branches an effect on ``ops`` leaves alone, plus the merges."""
+        """Float closing latency of the branches an effect on ``ops`` leaves alone, plus the merges (cached per state)."""
+        key = (has_c, ops, width_after)
         pend = self._branch_pending(state, w, has_c)
-        adds = self.num.poly_float(self._add_terms, {})
-        out = [(width_after - 1) * a for a in adds]
-        for i, vec in enumerate(pend):
-            if i not in ops:
-                out = [a + b for a, b in zip(out, vec)]
-        return out
+        hit = state.closing.get(key)
+        if hit is None:
+            out = [(width_after - 1) * a for a in self._add_float]
+            for i, vec in enumerate(pend):
+                if i not in ops:
+                    out = [a + b for a, b in zip(out, vec)]
+            hit = state.closing[key] = out
+        return hit
 
     def _successor_shapes(self, state: SearchState, pr: Prepared, ops: tuple) -> list:
         graph = state.graph
@@ -486,7 +519,8 @@ class CompletionOracle:
         (``2 * eid + has_c``; a rejection with C kept implies one without), the
         cost floors (:meth:`cannot_fit`), the witness (:meth:`quick_fit`), then the
         exact check (:meth:`check_prepared`). New rejections are added to
-        ``state.rejected`` (with latency budgeted, only the floors' ones).
+        ``state.rejected`` (with latency budgeted, only those that hold without
+        the finishing step's latency: see :attr:`permanent`).
         """
         w = self.state_witness(state)
         if w is None:  # the state itself cannot be finished, so no state after it can
@@ -511,12 +545,16 @@ class CompletionOracle:
             if self.cannot_fit(pr, headroom[has_c]):
                 new_rejected.append(code + has_c)
                 continue
+            if not carry_exact:  # the floor plus the finishing step's: a cheap rejection for this state only
+                need = self._closing_floor(state, bool(has_c), ops, width - len(ops) + 1, pr.inf.shape)
+                if any(f + n > h for f, n, h in zip(self.effect_floor(pr)[2], need, headroom[has_c][2])):
+                    continue
             rest = None if carry_exact else self._rest(state, w, bool(has_c), ops, width - len(ops) + 1)
             res = self.quick_fit(pr, w, slack[has_c], has_c, rest)
             if res is None:
                 res = self.check_prepared(state, pr, bool(has_c), ops)
                 if res is None:
-                    if carry_exact:
+                    if carry_exact or self.permanent:
                         new_rejected.append(code + has_c)
                     continue
             legal.append(idx)
@@ -554,6 +592,7 @@ class CompletionOracle:
     def check_prepared(self, state: SearchState, pr: Prepared, has_c: bool, ops: tuple = ()) -> tuple | None:
         """:meth:`check` once the route is known (H and W survive; ``has_c``); ``ops``:
         the branches the effect replaces (with latency budgeted, what is left to finish depends on them)."""
+        self.permanent = self.latency is None
         w = self.state_witness(state)
         if w is None:
             return None
@@ -591,17 +630,28 @@ class CompletionOracle:
                     self._verdicts.clear()
                 self._verdicts[vkey] = (cand, costs)
                 return w2, costs, None
+        self.permanent = True
         domains = self._propagate(state, pr, new_syms)
         if domains is None or self._bound_fails(state, pr, domains, extra, pending or ()):
             self.stats["bound"] += 1
+            # without the finishing step's latency the bound only grows along an episode: if it fails
+            # even so, the effect stays rejected (the closing latency shrinks when branches merge)
+            if domains is not None and pending:
+                self.permanent = self._bound_fails(state, pr, domains, extra, ())
             return None
+        self.permanent = not pending
         repaired = self._repair(state, pr, w, new_syms, has_c, domains, pending or ())
         if repaired is not None:
             self.stats["repair"] += 1
             return repaired, None, domains
         cons = state.graph.constraints.copy()
         cons.add(inf)
-        w2 = self._solve(cons, state.graph.free_symbols + tuple(new_syms), has_c, pending or ())
+        symbols = state.graph.free_symbols + tuple(new_syms)
+        if pending:  # first without the finishing step's latency: most rejections hold even so, and then for good
+            if self._solve(cons, symbols, has_c) is None:
+                self.permanent = True
+                return None
+        w2 = self._solve(cons, symbols, has_c, pending or ())
         return None if w2 is None else (w2, None, domains)
 
     def _effect_table(self, pr: Prepared, w: dict, wkey: tuple) -> list:
@@ -617,7 +667,9 @@ class CompletionOracle:
         num = self.num
         hit = []
         base = {s: w[s] for s in pr.old_syms}
-        costs = pr.costs[: self.n_kinds]
+        costs = [num.compile_poly(terms) for terms in pr.costs[: self.n_kinds]]
+        if self.latency is not None:
+            pending = [num.compile_poly(self.pending_terms(pr.inf.shape, route_a)) for route_a in (False, True)]
         for cand in self._choices if pr.new_syms else (None,):
             w2 = {**base, pr.new_syms[0]: cand} if pr.new_syms else base
             if not all(num.integral(m, w2) for m in pr.integral):
@@ -628,8 +680,8 @@ class CompletionOracle:
                 continue
             pend = None
             if self.latency is not None:
-                pend = tuple(num.poly_float(self.pending_terms(pr.inf.shape, route_a), w2) for route_a in (False, True))
-            hit.append((cand, tuple(num.poly_float(terms, w2) for terms in costs), pend))
+                pend = tuple(num.compiled_float(groups, w2) for groups in pending)
+            hit.append((cand, tuple(num.compiled_float(groups, w2) for groups in costs), pend))
         if len(self._effects) > 200_000:
             self._effects.clear()
         self._effects[key] = hit
@@ -855,6 +907,7 @@ class CompletionOracle:
         effect = pr.costs[: self.n_kinds]
         if pending:  # the finishing step's latency moves with the sizes too: count it as the action's
             effect = effect[:2] + (effect[2] + tuple(pending),)
+        effect = [num.compile_poly(terms) for terms in effect]
         # costs are updated, not recomputed: the state's costs under the witness,
         # minus its terms in the size being re-chosen, plus those terms re-valued
         fixed = [[a + b for a, b in zip(base, x)] for base, x in zip(state.witness_costs, self._extra(has_c))]
@@ -865,12 +918,13 @@ class CompletionOracle:
                 if best is not None:
                     break
                 continue
-            own = [cost_by[k].get(s, ()) for k in k_all]
-            was = [num.poly_float(own[k], start) for k in k_all]
+            own = [num.compile_poly(cost_by[k].get(s, ())) for k in k_all]
+            was = [num.compiled_float(own[k], start) for k in k_all]
             for choice in domains[s]:
                 w2 = {**start, s: choice}
                 # the budget first (floats, a few terms): it is what usually fails
-                totals = [[a - b + c + d for a, b, c, d in zip(fixed[k], was[k], num.poly_float(own[k], w2), num.poly_float(effect[k], w2))]
+                totals = [[a - b + c + d for a, b, c, d in zip(fixed[k], was[k], num.compiled_float(own[k], w2),
+                                                                num.compiled_float(effect[k], w2))]
                           for k in k_all]
                 if any(v > lim * (1 - 1e-9) for k in k_all for v, lim in zip(totals[k], lims[k])):
                     continue

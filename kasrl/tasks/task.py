@@ -328,6 +328,13 @@ class LatencySpec(_Checked):
     """Both sides through ``torch.compile``; compiling is kept out of the timing and reported as ``compile_s``."""
     cuda_graphs: bool = False
     """Both sides captured in a CUDA graph and timed as replays (what small, launch-bound batches deploy with; CUDA only)."""
+    profile: str | None = None
+    """The latency model's profile (``python -m kasrl calibrate --out``); null: this device's default one, calibrated
+    on first use. Used when ``budget.latency`` is set or the ladder has ``predict`` (see :mod:`kasrl.latency.task`)."""
+    calibrate_s: float = 150.0
+    """Seconds a first-use calibration measures for."""
+    refine: bool = True
+    """Refit the model at the start of each run to every kernel latency the store holds for this task on this device."""
 
     @property
     def longest_s(self) -> float:
@@ -350,6 +357,9 @@ class LatencySpec(_Checked):
         self._require("target_spread", 0 <= self.target_spread < math.inf, "a finite, non-negative fraction")
         self._require("quantile", 0 <= self.quantile <= 0.5, "a number in [0, 0.5]")
         self._require("threads", self.threads >= 1, "a positive integer")
+        self._require("calibrate_s", 0 < self.calibrate_s <= 24 * 3600, "a number of seconds in (0, 86400]")
+        self._require("profile", self.profile is None or (isinstance(self.profile, str) and self.profile.strip() != ""),
+                      "a file path or null")
         if self.cuda_graphs and self.compile:
             raise ConfigError("`task.latency.cuda_graphs` cannot be combined with `task.latency.compile` (torch.compile captures graphs "
                               "of its own, with mode 'reduce-overhead'); set one of them to false")
@@ -537,14 +547,20 @@ class Task(_Checked):
     def fingerprint(self) -> str:
         """Sha256 hex digest of everything that changes an evaluation's result.
 
-        Leaves out ``name``, ``description`` and ``dataset.path`` (where the
-        files are, not what they are). It cannot see a Fashion-MNIST fallback
-        to digits: pair it with :attr:`DatasetSplits.source` where that matters.
+        Leaves out ``name``, ``description``, ``dataset.path`` (where the
+        files are, not what they are) and the latency model's settings
+        (``budget.latency``, ``latency.profile``, ``calibrate_s``, ``refine``:
+        they decide which kernels are drawn, not what a kernel measures). It
+        cannot see a Fashion-MNIST fallback to digits: pair it with
+        :attr:`DatasetSplits.source` where that matters.
         """
         data = self.to_dict()
         for key in ("name", "description"):
             data.pop(key)
         data["dataset"].pop("path")
+        for key in ("profile", "calibrate_s", "refine"):  # which latency model shapes the search, not what a kernel measures
+            data["latency"].pop(key)
+        data["budget"].pop("latency")
         data["fingerprint_version"] = FINGERPRINT_VERSION
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode()).hexdigest()

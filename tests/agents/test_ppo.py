@@ -66,8 +66,8 @@ def test_short_run_checkpoints_and_resume_continues_the_evaluation_count(trained
 def test_saved_policy_never_picks_a_masked_action(trained):
     run_dir = trained[0]
     cfg = load_config(RunConfig, run_dir / "config.yaml")
-    placements, budget = task_search_setup(load_task(cfg.task))
-    space = make_space(cfg, placements, budget)
+    placements, budget, latency = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget, latency)
     agent = KernelPPO.load(run_dir / "ppo_agent.zip", device="cpu")
     env = gym.make(envs.ENV_ID, space=space, evaluator=AnalyticEvaluator(placements))
     steps = 0
@@ -113,8 +113,8 @@ def test_checkpoint_every_is_checked():
 
 def test_budget_guard_truncates_instead_of_evaluating_past_the_budget():
     cfg = load_config(RunConfig, None, ["space.max_steps=6"])
-    placements, budget = task_search_setup(load_task(cfg.task))
-    space = make_space(cfg, placements, budget)
+    placements, budget, latency = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget, latency)
     ev = BudgetedEvaluator(AnalyticEvaluator(placements), evaluations=1)
     a, b = (BudgetGuard(gym.make(envs.ENV_ID, space=space, evaluator=ev), ev) for _ in range(2))
     a.reset(seed=0)
@@ -147,8 +147,8 @@ class _Batches(AnalyticEvaluator):
 
 def test_episodes_ending_on_the_same_step_are_evaluated_together_and_paid_once():
     cfg = load_config(RunConfig, None, ["space.max_steps=6"])
-    placements, budget = task_search_setup(load_task(cfg.task))
-    space = make_space(cfg, placements, budget)
+    placements, budget, latency = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget, latency)
     inner = _Batches(placements)
     ev = BudgetedEvaluator(inner, evaluations=10)
     venv = make_vec_env(space, ev, 3, seed=0)
@@ -165,8 +165,8 @@ def test_episodes_ending_on_the_same_step_are_evaluated_together_and_paid_once()
 
 def test_repeat_penalty_lowers_the_reward_of_a_kernel_seen_before():
     cfg = load_config(RunConfig, None, ["space.max_steps=6"])
-    placements, budget = task_search_setup(load_task(cfg.task))
-    space = make_space(cfg, placements, budget)
+    placements, budget, latency = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget, latency)
     seen: set = set()
     rewards, repeats = [], []
     for episode in range(2):  # two envs, sharing `seen`, build the same kernel
@@ -250,8 +250,8 @@ def test_default_measured_fidelity_runs_end_to_end(tmp_path):
 
 def test_time_running_out_while_peeking_truncates_instead_of_raising(monkeypatch):
     cfg = load_config(RunConfig, None, ["space.max_steps=6"])
-    placements, budget = task_search_setup(load_task(cfg.task))
-    space = make_space(cfg, placements, budget)
+    placements, budget, latency = task_search_setup(load_task(cfg.task))
+    space = make_space(cfg, placements, budget, latency)
     ev = BudgetedEvaluator(AnalyticEvaluator(placements), evaluations=10)
     venv = make_vec_env(space, ev, 2, seed=0)
     venv.reset()

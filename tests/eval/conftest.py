@@ -45,8 +45,8 @@ def digits():
     from kasrl.space import SearchSpace, SpaceConfig
 
     task = load_task("digits_cnn")
-    placements, budget = task_search_setup(task)
-    return task, placements, SearchSpace(placements, budget, SpaceConfig(), SolverConfig(seed=0))
+    placements, budget, latency = task_search_setup(task)
+    return task, placements, SearchSpace(placements, budget, SpaceConfig(), SolverConfig(seed=0), latency=latency)
 
 
 @pytest.fixture(scope="session")

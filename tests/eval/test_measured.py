@@ -56,7 +56,7 @@ def test_planted_failures_are_typed_and_the_evaluator_survives(isolated, kernel,
     assert cause in result.cause
     assert result.reward == getattr(isolated.task.reward.penalties, status) < 0
     # the same evaluator goes on: a good kernel (a depthwise-separable convolution) still evaluates, every stage
-    placements, _ = task_search_setup(isolated.task)
+    placements, _, _ = task_search_setup(isolated.task)
     good = build([("conv", (0,), {"kh": 3, "kw": 3, "dilation": 1, "out": "depthwise"}), ("projection", (0,), {"out": "C", "grouped": False})],
                  solve_at=placements)
     result = isolated.evaluate(good)
@@ -86,7 +86,8 @@ def test_reward_rewards_speed_only_within_the_tolerance():
 
 def test_a_small_real_evaluation_on_digits_and_the_cache(tmp_path):
     task = _task()
-    space = SearchSpace(*task_search_setup(task))
+    placements, budget, latency = task_search_setup(task)
+    space = SearchSpace(placements, budget, latency=latency)
     kernel = RandomSampler(space, seed=0, steps=(5, 8)).ask().kernel
     store = SQLiteStore(tmp_path / "r.db")
     inner = MeasuredEvaluator(task, store, isolation="inline")
@@ -124,7 +125,8 @@ from kasrl.space import SearchSpace
             task = task_from_dict(load_task("digits_cnn").to_dict(), overrides={FAST!r})
             store = SQLiteStore(r"{db}")
             ev = CachedEvaluator(MeasuredEvaluator(task, store, isolation="process", skip=("accuracy",)), store)
-            sampler = RandomSampler(SearchSpace(*task_search_setup(task)), seed=3)
+            placements, budget, latency = task_search_setup(task)
+            sampler = RandomSampler(SearchSpace(placements, budget, latency=latency), seed=3)
             while True:
                 ev.evaluate(sampler.ask().kernel)
                 print("committed", store.count(), flush=True)

@@ -105,8 +105,8 @@ def test_thousands_of_variations_finish_and_a_subset_runs_at_every_placement():
     placement. About 5 minutes of CPU.
     """
     assert _vary_many(small_space(), 2000, seed=2, every=25, replay_every=4) >= 2000
-    placements, budget = task_search_setup("fashion_mnist_cnn")
-    full = SearchSpace(placements, budget, SpaceConfig(min_steps=5, max_steps=25))
+    placements, budget, latency = task_search_setup("fashion_mnist_cnn")
+    full = SearchSpace(placements, budget, SpaceConfig(min_steps=5, max_steps=25), latency=latency)
     assert _vary_many(full, 150, seed=3, every=25, replay_every=4) >= 150
 
 
