@@ -1,6 +1,7 @@
 """Benchmark: the measured evaluation on the embedded default task (or any task, on its device).
 
     python bench/evaluate.py [--task fashion_mnist_cnn] [--kernels 12] [--repeats 5] [--noise-kernels 3] [--seed 0]
+                             [--save RUN.json] [--compare EARLIER_RUN.json]
                              [--device cpu|cuda|auto] [--dtype fp32|bf16|fp16] [--channels-last] [--compile] [--cuda-graphs]
                              [--batch N] [--time-s S] [--matrix [--dtypes fp32,bf16] [--graphs off,on] [--matrix-kernels 3]]
 
@@ -10,7 +11,9 @@ cached), the peak memory (RSS high-water mark) of the evaluating process, and th
 noise of the speed measurement: for each of ``--noise-kernels`` kernels, its latency
 stage run ``--repeats`` times, spread (IQR / median) of its kernel-level speedup per
 placement and of the end-to-end speedup. Targets: at least 60 full evaluations per
-hour; a kernel-level speedup spread of at most 5%.
+hour; a kernel-level speedup spread of at most 5%. ``--save`` keeps each
+kernel-placement's median speedup; a later run with ``--compare`` (same seed, so
+the same kernels) prints how far each moved between the two runs (target 5%).
 
 The latency options (``--dtype``, ``--channels-last``, ``--compile``,
 ``--cuda-graphs``, ``--batch``, ``--time-s``) override the task's ``latency``
@@ -29,6 +32,7 @@ speedup (with CUDA events on a GPU). GPU runs, e.g.::
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -136,6 +140,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16", help="dtypes of the latency grid")
     ap.add_argument("--graphs", default="off,on", help="CUDA-graph settings of the latency grid (off, on)")
     ap.add_argument("--matrix-kernels", type=int, default=3, help="sampled kernels in the latency grid")
+    ap.add_argument("--save", default=None, help="write each kernel-placement's median speedup of the noise check here (JSON)")
+    ap.add_argument("--compare", default=None, help="a --save file of an earlier run: print how far each median moved since")
     args = ap.parse_args()
     setup()
     from agents.random_sampler import RandomSampler
@@ -187,12 +193,14 @@ def main() -> None:
               f"interleaved timing per placement and for the network, speed at quantile {spec.quantile:g} of per-call times; "
               f"{spec.dtype}, channels_last {spec.channels_last}, compile {spec.compile}, cuda_graphs {spec.cuda_graphs})")
         kernel_spreads = []
+        medians: dict = {}
         for i, kernel in enumerate([k for k, s in zip(kernels, statuses, strict=True) if s == "ok"][: args.noise_kernels]):
             runs = [noisy.evaluate(kernel).metrics for _ in range(args.repeats)]
             for key in sorted(k for k in runs[0] if k.startswith("kernel_speedup/")) + ["speedup"]:
                 xs = [m[key] for m in runs]
                 label = "end-to-end network" if key == "speedup" else f"kernel at {key.split('/', 1)[1]}"
                 spread = _iqr_over_median(xs)
+                medians[f"{kernel_hash(kernel)[:16]} {label}"] = statistics.median(xs)
                 if key != "speedup":
                     kernel_spreads.append(spread)
                 print(f"  kernel {i + 1} ({kernel_hash(kernel)[:8]}), {label}: median speedup {statistics.median(xs):.3f}x, "
@@ -201,6 +209,25 @@ def main() -> None:
         if kernel_spreads:
             print(f"kernel-level speedup spread: median {statistics.median(kernel_spreads):.1%}, "
                   f"worst {max(kernel_spreads):.1%} over {len(kernel_spreads)} kernel-placements (target 5%)")
+        if args.save:
+            Path(args.save).write_text(json.dumps(medians, indent=1))
+        if args.compare:
+            between_runs(json.loads(Path(args.compare).read_text()), medians)
+
+
+def between_runs(before: dict, now: dict) -> None:
+    """How far each kernel-placement's median speedup moved between two runs (|now / before - 1|)."""
+    common = sorted(set(before) & set(now))
+    if not common:
+        print("between runs: no kernel-placement in common with the earlier run (another seed, task or latency model?)")
+        return
+    moves = {k: abs(now[k] / before[k] - 1) for k in common}
+    for k in common:
+        print(f"  {k}: {before[k]:.3f}x then {now[k]:.3f}x ({moves[k]:.1%})")
+    kernel = [v for k, v in moves.items() if "network" not in k]
+    print(f"between runs, kernel-level median speedups moved: median {statistics.median(kernel):.1%}, worst {max(kernel):.1%} "
+          f"over {len(kernel)} kernel-placements (target 5%); end-to-end worst "
+          f"{max((v for k, v in moves.items() if 'network' in k), default=float('nan')):.1%}")
 
 if __name__ == "__main__":
     main()

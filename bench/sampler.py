@@ -183,7 +183,8 @@ def main() -> None:
             print(f"environment (sizes={sizes!r}: {what}): {steps:.0f} steps/s with exact masks, analytic reward "
                   f"({eps} episodes in {args.seconds:.0f} s)", flush=True)
         if args.quality:
-            print(f"quality of {args.quality} kernels at {', '.join(map(str, RESNET18_PLACEMENTS))}, timed at {RESNET18_PLACEMENTS[0]} batch 1:")
+            where = ", ".join(map(str, RESNET18_PLACEMENTS))
+            print(f"quality of {args.quality} kernels at {where}, timed at {RESNET18_PLACEMENTS[0]} batch 1:")
             for ff in (False, True):
                 report_quality("family-first" if ff else "uniform     ", quality(space, args.quality, args.seed, ff))
 
