@@ -66,6 +66,7 @@ class CompeteConfig(RunConfig):
     """Training seeds of each confirmation."""
 
     def validate(self) -> None:
+        """Check the competition's own fields (one line naming the field on a bad value)."""
         super().validate()
         if not self.strategies or not self.seeds:
             raise ConfigError("`strategies` and `seeds` must not be empty")
@@ -160,6 +161,7 @@ def settings(cfg: CompeteConfig) -> dict:
 
 
 def main(argv: list | None = None) -> int:
+    """Run the competition (or resume it) and write its report; returns the exit status."""
     try:
         cfg, resume = parse_cli(CompeteConfig, CONFIGS_DIR / "compete.yaml", argv, "compete.py", __doc__.split("\n")[0])
         folder = Path(resume) if resume else Path(cfg.out) / (cfg.name or f"compete__{Path(cfg.task).stem}__{int(time.time())}")
@@ -224,7 +226,8 @@ def _reference(cfg: CompeteConfig, runs: list) -> tuple | None:
 
 def _budget_text(cfg: CompeteConfig, runs: list) -> str:
     spent = "; ".join(f"{s} {'/'.join(str(len(r['history'])) for r in runs if r['strategy'] == s)}" for s in cfg.strategies)
-    confirm = (f" Each run's best {cfg.confirm_top} kernel(s) were then retrained over {cfg.confirm_seeds} seeds (not counted in the budget)."
+    confirm = (f" Each run's best {cfg.confirm_top} kernel(s) were then retrained over {cfg.confirm_seeds} seeds "
+               "(not counted in the budget)."
                if cfg.confirm_top and cfg.fidelity == "measured" else "")
     return (f"Every strategy x seed had the same budget: {cfg.budget.seconds:g} seconds of evaluation (or {cfg.budget.evaluations} "
             f"kernels, whichever ran out first); a kernel taken from the results store is charged the seconds it cost when it was "
@@ -241,7 +244,8 @@ def _log_competition(cfg: CompeteConfig, folder: Path, summary: dict) -> None:
                        str(folder), cfg.wandb.mode or None) as tracker:
         cols = ["strategy", "baseline", "seeds", "best_median", "speedup_of_best", "accuracy_of_best", "hypervolume_median", "share_better",
                 "p", "p_holm"]
-        tracker.log_table("competition/summary", cols, [[r[c] if r[c] is not None else float("nan") for c in cols] for r in summary["rows"]])
+        tracker.log_table("competition/summary", cols,
+                          [[r[c] if r[c] is not None else float("nan") for c in cols] for r in summary["rows"]])
         tracker.log_image("competition/anytime", str(folder / "anytime.png"))
         tracker.log_image("competition/pareto", str(folder / "pareto.png"))
 

@@ -23,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line."""
     p = _Parser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, required=True, help="number of kernels")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -94,6 +95,7 @@ def setup(args: argparse.Namespace):
 
 
 def main(argv=None) -> int:
+    """Sample, save and summarise kernels; returns the exit status."""
     args = parse_args(argv)
     from kasrl.errors import KasrlError
 

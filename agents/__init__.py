@@ -1,0 +1,1 @@
+"""Search agents over the kernel-construction environment: PPO, its untrained prior, MCTS and the random samplers."""

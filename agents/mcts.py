@@ -110,7 +110,8 @@ class MCTS(Strategy):
 
         self.space.resolve_objective(self.options.sizes)
         self.rng = random.Random(self.seed)
-        self.rollout_sampler = RandomSampler.from_space(self.space, self.seed, family_first=self.options.family_first, sizes=self.options.sizes)
+        self.rollout_sampler = RandomSampler.from_space(self.space, self.seed, family_first=self.options.family_first,
+                                                        sizes=self.options.sizes)
         self.rollout_sampler.rng = self.rng
         self.nodes: dict = {(): _Node()}
         self.lo, self.hi = math.inf, -math.inf

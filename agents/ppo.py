@@ -112,7 +112,8 @@ class PPOOptions:
         if p.n_envs * p.n_steps < 2:
             raise ConfigError(f"`options.n_steps` * `options.n_envs` must be at least 2, got {p.n_steps} * {p.n_envs}")
         if p.batch_size > p.n_envs * p.n_steps:
-            raise ConfigError(f"`options.batch_size` {p.batch_size} exceeds a rollout (options.n_envs * options.n_steps = {p.n_envs * p.n_steps})")
+            raise ConfigError(f"`options.batch_size` {p.batch_size} exceeds a rollout "
+                              f"(options.n_envs * options.n_steps = {p.n_envs * p.n_steps})")
         if p.rounds < 0:
             raise ConfigError(f"`options.rounds` must be >= 0, got {p.rounds}")
         if not p.learning_rate > 0:
@@ -406,7 +407,7 @@ class EvaluateTogetherVecEnv(DummyVecEnv):
         if self.evaluator.exhausted or len(self.envs) < 2:
             return
         ending = []
-        for env, action in zip(self.envs, self.actions):
+        for env, action in zip(self.envs, self.actions, strict=False):
             base = env.unwrapped
             kernel = base.peek_kernel(int(action))
             if kernel is not None:
@@ -417,7 +418,7 @@ class EvaluateTogetherVecEnv(DummyVecEnv):
             results = self.evaluator.evaluate_many([k for _, k in ending])  # up to the remaining budget
         except BudgetExhausted:  # the time ran out while peeking: the guards truncate these episodes
             return
-        for (proxy, kernel), result in zip(ending, results):
+        for (proxy, kernel), result in zip(ending, results, strict=False):
             proxy.pending = (kernel_hash(kernel), result)
 
 

@@ -3,7 +3,7 @@
     python bench/latency_model.py [--kernels 200] [--seconds 150] [--measure-s 0.25] [--resnet-batch 1]
                                   [--dir DIR] [--seed 0] [--heldout-seed 1] [--sets task,resnet18]
 
-Single-threaded, allocator pinned (DESIGN section 6). For the default task's
+Single-threaded, allocator pinned (docs/architecture.md, section 7). For the default task's
 placements (``fashion_mnist_cnn``: 32x14x14 and 64x7x7, its latency batch) and
 separately for ResNet-18's four 3x3 placements (batch ``--resnet-batch``):
 

@@ -79,7 +79,7 @@ def run(strategy: str, task: str, seed: int, episodes: int) -> list:
     try:
         while not ev.exhausted:
             proposals = s.ask_many(max(1, min(s.batch_size(), ev.remaining)))
-            for p, r in zip(proposals, evaluate_rounds(ev, [p.kernel for p in proposals], 1)):
+            for p, r in zip(proposals, evaluate_rounds(ev, [p.kernel for p in proposals], 1), strict=False):
                 s.tell(p, r)
     finally:
         s.close()

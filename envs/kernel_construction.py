@@ -11,7 +11,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -51,6 +51,7 @@ class MaskedDiscrete(spaces.Discrete):
         self._mask_fn = mask_fn
 
     def sample(self, mask: np.ndarray | None = None, probability: np.ndarray | None = None) -> np.int64:
+        """A random legal action (the current mask unless one is given)."""
         if mask is None and probability is None:
             # the env's own mask needs none of the checks Discrete.sample runs on a
             # caller's mask; the same draw as Discrete.sample(mask)
@@ -366,7 +367,8 @@ class KernelConstructionEnv(gym.Env):
         for k, b in enumerate(g.branches[: self.max_width]):
             if b < self.max_nodes:
                 branches[k, b] = 1.0
-        return {"nodes": nodes, "adjacency": adjacency, "node_mask": node_mask, "branches": branches, "budget": self._budget_features(g, kernel is None)}
+        budget = self._budget_features(g, kernel is None)
+        return {"nodes": nodes, "adjacency": adjacency, "node_mask": node_mask, "branches": branches, "budget": budget}
 
     def _budget_features(self, g: KernelGraph, open_state: bool) -> np.ndarray:
         cfg = self.space.config
@@ -374,10 +376,10 @@ class KernelConstructionEnv(gym.Env):
         costs = self.state.witness_costs if open_state else None
         if costs is not None:
             lims = self.space.solver.limits
-            out[0] = min(max(f / lim.flops for f, lim in zip(costs[0], lims)), 1.0)
-            out[1] = min(max(p / lim.params for p, lim in zip(costs[1], lims)), 1.0)
+            out[0] = min(max(f / lim.flops for f, lim in zip(costs[0], lims, strict=False)), 1.0)
+            out[1] = min(max(p / lim.params for p, lim in zip(costs[1], lims, strict=False)), 1.0)
             if len(costs) > 2:
-                out[6] = min(max(t / lim.latency for t, lim in zip(costs[2], lims)), 1.0)
+                out[6] = min(max(t / lim.latency for t, lim in zip(costs[2], lims, strict=False)), 1.0)
         out[2] = min(g.steps / cfg.max_steps, 1.0)
         out[3] = min(g.width / cfg.max_width, 1.0)
         out[4] = float(any(g.branch_shape(i)[C_SLOT] == C for i in range(g.width)))

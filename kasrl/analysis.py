@@ -7,7 +7,7 @@ multiply-add counts 2, and only convolutions and matrix products are counted
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ def analytic_costs(graph: KernelGraph, placements: Sequence[Placement]) -> list:
     w = {s: (c.ratio, c.exp) for s, c in (graph.sizes or {}).items()}
     flops = num.poly(poly_terms(graph.constraints.flops), w)
     params = num.poly(poly_terms(graph.constraints.params), w)
-    return [(int(f), int(q)) for f, q in zip(flops, params)]
+    return [(int(f), int(q)) for f, q in zip(flops, params, strict=False)]
 
 
 def measured_cost(module: nn.Module, p: Placement, batch: int = 1) -> tuple:
@@ -49,7 +49,7 @@ def cost_report(graph: KernelGraph, p: Placement) -> dict:
 
 def cost_reports(graph: KernelGraph, placements: Sequence[Placement]) -> list:
     """:func:`cost_report` at each placement (one pass over the formulas)."""
-    return [_report(cost, p) for cost, p in zip(analytic_costs(graph, placements), placements)]
+    return [_report(cost, p) for cost, p in zip(analytic_costs(graph, placements), placements, strict=False)]
 
 
 def _report(cost: tuple, p: Placement) -> dict:

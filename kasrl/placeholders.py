@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,7 @@ class Placeholder(nn.Module):
         self._recording = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's output, or the replaced convolution's until a kernel is set."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise KasrlError(f"placeholder expects [N, {self.channels}, H, W] input, got {list(x.shape)}")
         if self._recording:
@@ -51,6 +52,7 @@ class Placeholder(nn.Module):
         return x
 
     def extra_repr(self) -> str:
+        """What fills the placeholder, for ``print(model)``."""
         filled = "kernel" if self.kernel is not None else ("original" if self.original is not None else "identity")
         return f"channels={self.channels}, placement={self.placement}, computes={filled}"
 
@@ -119,7 +121,7 @@ def record_placements(model: nn.Module, example: torch.Tensor) -> dict:
     return {n: p.placement for n, p in phs.items()}
 
 
-def fill_placeholders(model: nn.Module, build: "Callable[[Placement], nn.Module] | KernelGraph") -> int:
+def fill_placeholders(model: nn.Module, build: Callable[[Placement], nn.Module] | KernelGraph) -> int:
     """Put a kernel, built for each placeholder's placement, into every placeholder.
 
     Args:

@@ -164,7 +164,7 @@ class Strategy(ABC):
     def tell(self, proposal: Proposal, result: EvalResult) -> None:
         """Receive the result of evaluating ``proposal``."""
 
-    def after_round(self, evaluations: int) -> None:
+    def after_round(self, evaluations: int) -> None:  # noqa: B027 - an optional hook
         """Called after each round's results were told (``evaluations``: done so far)."""
 
     @abstractmethod
@@ -175,10 +175,10 @@ class Strategy(ABC):
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook
         """Release what the strategy holds (threads, environments); called once at the end."""
 
-    def export(self, folder: Path) -> None:
+    def export(self, folder: Path) -> None:  # noqa: B027 - an optional hook
         """Write what a user keeps besides the kernels into the run ``folder`` (a trained policy...)."""
 
 

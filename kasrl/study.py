@@ -112,7 +112,7 @@ class Study:
                     results = evaluate_rounds(ev, [p.kernel for p in proposals], self.cfg.workers)
                 except BudgetExhausted:
                     break
-                for p, r in zip(proposals, results):  # fewer results than proposals once the budget is spent
+                for p, r in zip(proposals, results, strict=False):  # fewer results than proposals once the budget is spent
                     self.strategy.tell(p, r)
                 self.strategy.after_round(ev.spent)
                 self._maybe_checkpoint()
@@ -189,7 +189,8 @@ class Study:
             extra_summary: more values for the tracker's summary.
             confirm: retrain the best kernels over seeds (:mod:`kasrl.eval.confirm`);
                 default: when the task's ladder is on (a measured run).
-            confirm_top, confirm_seeds: how many, and over how many seeds (default: the task's ladder settings).
+            confirm_top: how many of the best kernels are confirmed (default: the task's ``ladder.confirm_top``).
+            confirm_seeds: over how many training seeds (default: the task's ``ladder.confirm_seeds``).
 
         Returns:
             The leaderboard rows (best first).

@@ -26,7 +26,8 @@ def test_tiny_competition_writes_every_report_file_and_spends_exactly_the_budget
     assert [r["strategy"] for r in summary["rows"]] == ["random_prior", "aging"]
     assert all(r["judged"] == [5, 5] for r in summary["rows"])
     prior, aging = summary["rows"]
-    assert prior["p"] is None and aging["baseline"] == "random_prior" and 0.0 < aging["p"] <= 1.0 and aging["p_holm"] == pytest.approx(aging["p"])
+    assert prior["p"] is None and aging["baseline"] == "random_prior"
+    assert 0.0 < aging["p"] <= 1.0 and aging["p_holm"] == pytest.approx(aging["p"])
     finished = json.loads((folder / "finished.json").read_text())
     assert sorted(finished) == ["aging:0", "aging:1", "random_prior:0", "random_prior:1"]
     assert all(len(run["history"]) == 5 for run in finished.values())

@@ -1,0 +1,1 @@
+"""Code generation: standalone PyTorch source, ``nn.Module`` and pictures of solved kernels."""

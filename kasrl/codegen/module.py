@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import linecache
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch.nn as nn
 

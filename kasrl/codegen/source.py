@@ -11,7 +11,7 @@ module, so the two always compute the same function.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from kasrl.ir.dims import C_ID, H_ID, W_ID, Monomial, symbol_name
 from kasrl.ir.graph import KernelGraph

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from kasrl.ir.canonical import kernel_hash
 from kasrl.ir.graph import KernelGraph
@@ -143,6 +143,7 @@ class AnalyticEvaluator(Evaluator):
         self.task_fingerprint = "analytic:" + ",".join(str(p) for p in self.placements) + f":{capacity}"
 
     def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        """The analytic result of one kernel."""
         from kasrl.analysis import cost_reports
 
         start = time.perf_counter()

@@ -65,6 +65,7 @@ class CachedEvaluator(Evaluator):
         return None if rec is None else self.from_record(rec)
 
     def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        """The stored result of ``kernel`` if there is one, else the inner evaluator's (then stored)."""
         hit = self.lookup(kernel)
         if hit is not None:
             self.hits += 1
@@ -81,7 +82,7 @@ class CachedEvaluator(Evaluator):
         todo = [i for i, r in enumerate(out) if r is None]
         if todo:
             fresh = self.inner.evaluate_many([kernels[i] for i in todo])
-            for i, r in zip(todo, fresh):
+            for i, r in zip(todo, fresh, strict=False):
                 self.record(kernels[i], r)
                 out[i] = r
         return out

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kasrl.errors import ConfigError
-from kasrl.store.records import EvalRecord, Status
+from kasrl.store.records import EvalRecord
 
 __all__ = ["confirm", "confirm_records", "CONFIRM_FIDELITY"]
 

@@ -14,8 +14,8 @@ as their JSON documents, never as pickled modules.
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 from kasrl.eval.base import EvalResult, Evaluator
 from kasrl.ir.graph import KernelGraph
@@ -67,6 +67,7 @@ class PoolEvaluator(Evaluator):
             self._idle.put(worker)
 
     def evaluate(self, kernel: KernelGraph) -> EvalResult:
+        """Evaluate one kernel on a free worker."""
         return self._one(kernel)
 
     def evaluate_many(self, kernels: Sequence[KernelGraph]) -> list:

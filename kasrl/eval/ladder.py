@@ -97,6 +97,7 @@ class Rung(Protocol):
     name: str
 
     def run(self, items: Sequence[tuple]) -> list:  # pragma: no cover - interface
+        """The rung's outcome for each ``(kernel, outcomes of the rungs before)``."""
         ...
 
 
@@ -161,6 +162,7 @@ class Ladder(Evaluator):
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, kernel) -> EvalResult:
+        """Climb the ladder with one kernel."""
         return self.evaluate_many([kernel])[0]
 
     def evaluate_many(self, kernels: Sequence) -> list:
@@ -233,7 +235,8 @@ class Ladder(Evaluator):
         status = Status.SCREENED_ACCURACY if out.screened == "accuracy" else Status.SCREENED_SLOW
         cause = (f"{self.rungs[len(outs) - 1].name}: the reward cannot exceed {out.bound:.3f} (+{out.noise:.3f} noise), "
                  f"below the run's threshold {self.threshold:.3f}")
-        return EvalResult(status, float(reward), _numbers(metrics), _objectives(metrics), stages, cause, ev.hash, False, self.fidelity, device)
+        return EvalResult(status, float(reward), _numbers(metrics), _objectives(metrics), stages, cause, ev.hash, False, self.fidelity,
+                          device)
 
     # -- the store, per rung -------------------------------------------------------------------
     def _rung_fidelity(self, rung: Any) -> str:
@@ -249,7 +252,8 @@ class Ladder(Evaluator):
         extra = m.pop("_rung", {}) if isinstance(m.get("_rung"), dict) else {}
         bound = extra.get("bound")
         cause = next((v.get("cause", "") for v in rec.stages.values() if v.get("outcome") != "ok"), "")
-        return RungOutcome(rec.status, m, dict(rec.stages), cause, math.inf if bound is None else float(bound), float(extra.get("noise", 0.0)),
+        bound = math.inf if bound is None else float(bound)
+        return RungOutcome(rec.status, m, dict(rec.stages), cause, bound, float(extra.get("noise", 0.0)),
                            float(rec.reward) if extra.get("final") else None, extra.get("screened", "slow"), dict(rec.device))
 
     def _record(self, ev: Evaluable, rung: Any, out: RungOutcome) -> None:
@@ -264,7 +268,8 @@ class Ladder(Evaluator):
         extra = {**out.to_record_fields(), "final": out.reward is not None}
         reward = out.reward if out.reward is not None else (out.bound if math.isfinite(out.bound) else 0.0)
         doc = getattr(ev, "doc", "") or json.dumps({"kernel": ev.hash})
-        self.store.append(EvalRecord(self.task_fingerprint, ev.hash, doc, out.status, float(reward), {**out.metrics, "_rung": extra}, stages,
+        metrics = {**out.metrics, "_rung": extra}
+        self.store.append(EvalRecord(self.task_fingerprint, ev.hash, doc, out.status, float(reward), metrics, stages,
                                      dict(out.device), self.run_id, self.strategy, self._rung_fidelity(rung), time.time()))
 
     def close(self) -> None:
@@ -371,7 +376,8 @@ class MeasuredRung:
 
     def _screen(self, metrics: dict, raw: Any, before: list) -> RungOutcome:
         spread = float(metrics.get("speedup_spread", 0.0))
-        metrics = {f"screen_{k}" if k.startswith(("speedup", "kernel_", "latency", "baseline_latency")) else k: v for k, v in metrics.items()}
+        metrics = {f"screen_{k}" if k.startswith(("speedup", "kernel_", "latency", "baseline_latency")) else k: v for k,
+                   v in metrics.items()}
         speed = float(metrics["screen_speedup"])
         return RungOutcome(Status.OK, metrics, dict(raw.stages), bound=_squashed(math.log(speed), self.task.reward),
                            noise=self.task.ladder.screen_margin + 2 * spread, device=dict(raw.device))

@@ -1,6 +1,6 @@
 """Latency measurement: a kernel against the layer it replaces, interleaved.
 
-Rules (DESIGN section 6), all applied here:
+Rules (docs/architecture.md, section 7), all applied here:
 
 * both sides are timed **in the same process, interleaved** (a block of kernel
   calls, a block of baseline calls, ...) so a noisy neighbour hits both alike;

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from kasrl.eval.base import EvalResult, Evaluator, failure
 from kasrl.eval.isolation import stage_limits
@@ -167,7 +167,7 @@ class MeasuredEvaluator(Evaluator):
             self._worker.close()
             self._worker = None
 
-    def __enter__(self) -> "MeasuredEvaluator":
+    def __enter__(self) -> MeasuredEvaluator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -199,7 +199,8 @@ class MeasuredEvaluator(Evaluator):
         if not variant:
             self._baseline = dict(out.metrics)
         if self.store is not None:
-            self.store.append(EvalRecord(self.task.fingerprint, BASELINE + variant, '{"baseline": "the unmodified network"}', Status.OK, 0.0,
+            doc = '{"baseline": "the unmodified network"}'
+            self.store.append(EvalRecord(self.task.fingerprint, BASELINE + variant, doc, Status.OK, 0.0,
                                          dict(out.metrics),
                                          {"accuracy": {"outcome": "ok", "seconds": time.time() - start}},
                                          dict(out.device or self._known_device()), self.run_id, BASELINE, self.fidelity))

@@ -6,13 +6,13 @@ one :class:`TaskRuntime` and evaluates many kernels with it.
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,16 @@ from kasrl.errors import KasrlError
 from kasrl.eval.locks import ComputeSlots
 from kasrl.placeholders import fill_placeholders, placeholders
 from kasrl.solver.budget import Placement
-from kasrl.tasks import build_task_network, check_device_options, latency_placements, load_dataset, resolve_device, task_placements
-from kasrl.tasks import Task, task_input_shape
+from kasrl.tasks import (
+    Task,
+    build_task_network,
+    check_device_options,
+    latency_placements,
+    load_dataset,
+    resolve_device,
+    task_input_shape,
+    task_placements,
+)
 
 __all__ = ["TaskRuntime", "TrainOutcome", "NumericsError", "StageTimeout", "train_and_test", "pin_device"]
 

@@ -1,4 +1,4 @@
-"""The stages of a measured evaluation (DESIGN section 6), stopping at the first failure.
+"""The stages of a measured evaluation (docs/architecture.md, section 6), stopping at the first failure.
 
 1. ``build``    build the kernel at every placement; forward and backward on
                 random input; the shape is kept and every value is finite;
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -55,6 +55,7 @@ class Evaluable:
     doc: str = ""
 
     def build(self, p: Placement) -> nn.Module:  # pragma: no cover - interface
+        """The kernel as a module at placement ``p``."""
         raise NotImplementedError
 
 
@@ -74,6 +75,7 @@ class GraphKernel(Evaluable):
         self.hash = kernel_hash(self.graph)
 
     def build(self, p: Placement) -> nn.Module:
+        """The kernel as a module at placement ``p`` (generated code)."""
         from kasrl.codegen.module import build_module
 
         return build_module(self.graph, p.c, p.h, p.w)

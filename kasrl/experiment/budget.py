@@ -17,8 +17,8 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from kasrl.errors import KasrlError
 from kasrl.eval.base import EvalResult, Evaluator, failure
@@ -63,6 +63,7 @@ class Callback:
     """Receives every evaluation; return False from :meth:`on_result` to stop the run."""
 
     def on_result(self, record: ResultRecord) -> bool:
+        """Called after every evaluation; False stops the run."""
         return True
 
     def on_end(self) -> None:
@@ -78,6 +79,7 @@ class TopKernels(Callback):
         self.seen: set = set()
 
     def on_result(self, record: ResultRecord) -> bool:
+        """Keep the kernel if it is among the best ``k`` distinct ones so far."""
         r = record.result
         if not r.status.is_ok() or r.kernel_hash in self.seen:
             return True
@@ -94,9 +96,12 @@ class TopKernels(Callback):
         return [rec for _, _, rec in sorted(self.heap, key=lambda t: (-t[0], t[1]))]
 
     def state_dict(self) -> dict:
-        return {"k": self.k, "records": [(rec.index, rec.seconds, rec.best_reward, rec.doc, _result_state(rec.result)) for rec in self.best()]}
+        """The leaderboard's state, for checkpoints."""
+        return {"k": self.k, "records": [(rec.index, rec.seconds, rec.best_reward, rec.doc,
+                                          _result_state(rec.result)) for rec in self.best()]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.heap, self.seen = [], set()
         for index, seconds, best, doc, rs in state["records"]:
             self.on_result(ResultRecord(index, seconds, _result_from_state(rs), best, doc))
@@ -205,7 +210,7 @@ class BudgetedEvaluator(Evaluator):
             results = self.inner.evaluate_many(take)
         except Exception:  # one kernel at a time, so only the failing ones become crashes
             results = [self._safe(k) for k in take]
-        for k, r in zip(take, results):
+        for k, r in zip(take, results, strict=False):
             self._note(k, r)
         return results
 
@@ -228,6 +233,7 @@ class BudgetedEvaluator(Evaluator):
         self.history = list(state["history"])
 
     def close(self) -> None:
+        """Close the inner evaluator."""
         if hasattr(self.inner, "close"):
             self.inner.close()
 

@@ -1,4 +1,6 @@
-"""The command line shared by ``train_agent.py``, ``evolve.py`` and ``compete.py``::
+"""The command line shared by ``train_agent.py``, ``evolve.py`` and ``compete.py``.
+
+Usage::
 
     python SCRIPT.py [--config FILE] [--resume RUN_DIR] [key=value ...]
 
@@ -13,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from kasrl.errors import KasrlError
 from kasrl.experiment.config import load_config

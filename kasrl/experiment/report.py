@@ -164,13 +164,15 @@ def _verdict(r: dict) -> str:
 def markdown_table(summary: dict) -> str:
     """The competition table (also pasted into README.md)."""
     head = ["strategy", "matched baseline", "seeds", "kernels judged / trained (median)", "best confirmed reward (median, range)",
-            "speedup / accuracy of best", "hypervolume (median)", "kernels better on both", "p (one-sided)", "p (Holm)", "beats its baseline?"]
+            "speedup / accuracy of best", "hypervolume (median)", "kernels better on both", "p (one-sided)", "p (Holm)",
+            "beats its baseline?"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         rng = r["best_range"]
         lines.append(
             f"| {r['strategy']} | {r['baseline'] or '-'} | {r['seeds']} | {_f(_median(r['judged']), '{:.0f}')} / "
-            f"{_f(_median(r['trained']), '{:.0f}')} | {_f(r['best_median'])} ({_f(rng[0] if rng else None)} .. {_f(rng[1] if rng else None)}) "
+            f"{_f(_median(r['trained']), '{:.0f}')} | {_f(r['best_median'])} "
+            f"({_f(rng[0] if rng else None)} .. {_f(rng[1] if rng else None)}) "
             f"| {_f(r['speedup_of_best'], '{:.3f}x')} / {_f(r['accuracy_of_best'], '{:.2f}%')} | {_f(r['hypervolume_median'], '{:.3g}')} "
             f"| {_f(r['share_better'], '{:.0%}')} | {_f(r['p'], '{:.3f}')} | {_f(r['p_holm'], '{:.3f}')} | {_verdict(r)} |"
         )
@@ -196,7 +198,8 @@ def _best_kernels(runs: list, folder: Path, n: int = 5) -> str:
         who = ", ".join(f"{rr['strategy']} seed {rr['seed']}" for rr, _ in pairs)
         lines.append(f"- `{h}` (found by {who}): confirmed reward {c['confirmed_reward']:.3f}, speedup {c['speedup']:.3f}x, "
                      f"accuracy {c['accuracy_mean']:.2f} +- {c['accuracy_sd']:.2f}% over {len(c['seeds'])} seeds (paired gap "
-                     f"{c['gap_mean']:+.2f} +- {c['gap_sd']:.2f} pt) — [json](kernels/{h}.json), [source](kernels/{h}.py), ![{h}](kernels/{h}.png)")
+                     f"{c['gap_mean']:+.2f} +- {c['gap_sd']:.2f} pt) — [json](kernels/{h}.json), [source](kernels/{h}.py), "
+                     f"![{h}](kernels/{h}.png)")
     if ranked and (out / f"{ranked[0][0]}.py").is_file():
         lines += ["", "The best kernel's source:", "", "```python", (out / f"{ranked[0][0]}.py").read_text().rstrip(), "```"]
     return "\n".join(lines) or "No kernel was confirmed."
@@ -207,7 +210,8 @@ def _statement(summary: dict) -> str:
     no = [r["strategy"] for r in summary["rows"] if r["p_holm"] is not None and r["p_holm"] >= ALPHA]
     parts = []
     if yes:
-        parts.append(f"Beyond seed noise (Holm-corrected one-sided Mann-Whitney, p < {ALPHA}), {', '.join(yes)} beat their matched baseline.")
+        parts.append(f"Beyond seed noise (Holm-corrected one-sided Mann-Whitney, p < {ALPHA}), {', '.join(yes)} "
+                     "beat their matched baseline.")
     if no:
         parts.append(f"Within seed noise at this budget: {', '.join(no)} (no claim that they beat their matched baseline).")
     return " ".join(parts) or "No contender was compared with a baseline."
@@ -227,6 +231,7 @@ def write_report(runs: list, folder: Path, title: str, command: str, fidelity: s
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     ref = (f"(speedup {reference[0]:g}, accuracy {reference[1]:.2f}%: the baseline's minus the reward's tolerance)" if reference
            else "(none)")
+    seeds = ", ".join(sorted({str(len(c["seeds"])) for r in runs for c in r.get("confirmed") or []})) or "-"
     (folder / "report.md").write_text(f"""# {title}
 
 {budget_text}
@@ -236,7 +241,7 @@ def write_report(runs: list, folder: Path, title: str, command: str, fidelity: s
 {summary['statement']}
 
 - *best confirmed reward*: per seed, the best of the run's best kernels after retraining over seeds on the whole test
-  split, paired with the baseline network ({', '.join(sorted({str(len(c['seeds'])) for r in runs for c in r.get('confirmed') or []})) or '-'}
+  split, paired with the baseline network ({seeds}
   seeds); median and range over the seeds.
 - *p*: one-sided Mann-Whitney U that the strategy's per-seed best confirmed rewards exceed its matched baseline's
   (the baseline that starts from the same distribution); *p (Holm)* corrects for the contenders sharing that baseline.

@@ -63,9 +63,11 @@ class TrackerCallback(Callback):
         self.rungs = RungCounts(rungs)
 
     def on_result(self, record: ResultRecord) -> bool:
+        """Log the evaluation's reward, status, numeric metrics and rung counts."""
         r = record.result
         metrics = {"eval/reward": r.reward, "eval/ok": float(r.status.is_ok()), "eval/cached": float(r.cached),
-                   "eval/screened": float(r.status.is_screened()), "search/best_reward": record.best_reward, "search/seconds": record.seconds}
+                   "eval/screened": float(r.status.is_screened()), "search/best_reward": record.best_reward,
+                   "search/seconds": record.seconds}
         for k, v in r.metrics.items():
             if isinstance(v, (int, float)) and "/" not in k:
                 metrics[f"eval/{k}"] = float(v)
@@ -85,6 +87,7 @@ class ProgressCallback(Callback):
         self.rungs = RungCounts(rungs)
 
     def on_result(self, record: ResultRecord) -> bool:
+        """Advance the bar; show the best and last rewards (and the rung counts)."""
         self.bar.update(1)
         self.rungs.add(record)
         extra = {"rungs": self.rungs.text()} if self.rungs.names else {}
@@ -92,6 +95,7 @@ class ProgressCallback(Callback):
         return True
 
     def on_end(self) -> None:
+        """Close the progress bar."""
         self.bar.close()
 
 
@@ -197,7 +201,8 @@ def make_ladder(task, runner, store, run_id: str, strategy: str, latency=None):
             rungs.append(PredictRung(latency, timed, spec.predict_margin))
         else:
             rungs.append(MeasuredRung(name, runner, task, baseline, short))
-    penalties = {k: getattr(task.reward.penalties, k) for k in ("build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash")}
+    penalties = {k: getattr(task.reward.penalties, k) for k in ("build_error", "numerics_error", "budget_violation", "timeout", "oom",
+                                                                "crash")}
     ladder = Ladder(rungs, LadderPolicy(spec.top_k, spec.floor), "measured", task.fingerprint, store, penalties, run_id, strategy)
     ladder.runner = runner
     return ladder
@@ -306,8 +311,8 @@ class Run:
     def start_progress(self) -> None:
         """Show a progress bar from the current evaluation count on."""
         if self._progress:
-            self.evaluator.callbacks.append(ProgressCallback(self.cfg.budget.evaluations, f"{self.strategy} {self.name}", self.evaluator.spent,
-                                                             self.rung_names))
+            bar = ProgressCallback(self.cfg.budget.evaluations, f"{self.strategy} {self.name}", self.evaluator.spent, self.rung_names)
+            self.evaluator.callbacks.append(bar)
 
     def save_checkpoint(self, strategy_state: dict) -> Path:
         """Write the run state atomically (a kill leaves the previous checkpoint intact)."""
@@ -359,7 +364,7 @@ class Run:
         kdir.mkdir(exist_ok=True)
         rows = self.leaderboard()
         table_rows = []
-        for row, rec in zip(rows, self.top.best()):
+        for row, rec in zip(rows, self.top.best(), strict=False):
             g = loads(rec.doc, "leaderboard")
             sid = row["hash"]
             save_kernel(g, kdir / f"{sid}.json")
@@ -369,8 +374,8 @@ class Run:
             self.tracker.log_image(f"kernels/rank{row['rank']}", str(png), caption=sid)
             table_rows.append([row["rank"], sid, row["reward"], row["speedup"] or 0.0, row["accuracy"] or 0.0, row["flops_ratio"] or 0.0,
                                row["params_ratio"] or 0.0, src])
-        self.tracker.log_table("search/top_kernels", ["rank", "hash", "reward", "speedup", "accuracy", "flops_ratio", "params_ratio", "source"],
-                               table_rows)
+        columns = ["rank", "hash", "reward", "speedup", "accuracy", "flops_ratio", "params_ratio", "source"]
+        self.tracker.log_table("search/top_kernels", columns, table_rows)
         (self.dir / "history.json").write_text(json.dumps(self.evaluator.history))
         best = rows[0]["reward"] if rows else float("nan")
         summary = {"search/best_reward": best, "budget/evaluations": self.evaluator.spent, "search/seconds": self.evaluator.elapsed}
@@ -379,7 +384,8 @@ class Run:
         table = Table(title=f"best kernels of {self.name} ({self.evaluator.spent} evaluations, {self.evaluator.elapsed:.0f} s)")
         for col in ("rank", "kernel", "reward", "speedup", "accuracy", "FLOPs vs conv", "params vs conv", "found at"):
             table.add_column(col, justify="right")
-        md = ["| rank | kernel | reward | speedup | accuracy | FLOPs vs conv | params vs conv | found at |", "|---|---|---|---|---|---|---|---|"]
+        md = ["| rank | kernel | reward | speedup | accuracy | FLOPs vs conv | params vs conv | found at |",
+              "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             cells = [str(r["rank"]), r["hash"], f"{r['reward']:.3f}", _fmt(r["speedup"], "x"), _fmt(r["accuracy"], "%"),
                      _fmt(r["flops_ratio"], "x"), _fmt(r["params_ratio"], "x"), f"eval {r['evaluation']}"]

@@ -24,36 +24,41 @@ from collections.abc import Sequence
 __all__ = ["pareto_front", "hypervolume", "mann_whitney_greater", "holm", "anytime", "band", "share_better"]
 
 
+def _finite_points(points: Sequence[tuple]) -> list:
+    return sorted({(float(a), float(b)) for a, b in points if math.isfinite(a) and math.isfinite(b)})
+
+
 def pareto_front(points: Sequence[tuple]) -> list:
-    """The non-dominated points of ``points`` (both objectives maximised), sorted by the first.
+    """The non-dominated points of ``points`` (both objectives maximised), sorted by the first
+    (``moocore.is_nondominated``, what DEAP's own indicators use).
 
     >>> pareto_front([(1, 3), (2, 2), (1.5, 1), (3, 1)])
     [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]
     """
-    pts = sorted({(float(a), float(b)) for a, b in points if math.isfinite(a) and math.isfinite(b)}, key=lambda p: (-p[0], -p[1]))
-    front, best_b = [], -math.inf
-    for a, b in pts:
-        if b > best_b:
-            front.append((a, b))
-            best_b = b
-    return sorted(front)
+    import moocore
+    import numpy as np
+
+    pts = _finite_points(points)
+    if not pts:
+        return []
+    keep = moocore.is_nondominated(np.array(pts), maximise=True)
+    return [p for p, k in zip(pts, keep, strict=True) if k]
 
 
 def hypervolume(points: Sequence[tuple], ref: tuple) -> float:
-    """Area dominated by ``points`` (both maximised) and dominating the reference point ``ref``.
-
-    Points that do not beat ``ref`` on both objectives add nothing.
+    """Area dominated by ``points`` (both maximised) and dominating the reference point ``ref``
+    (``moocore.hypervolume``). Points that do not beat ``ref`` on both objectives add nothing.
 
     >>> hypervolume([(2.0, 3.0), (3.0, 2.0)], (1.0, 1.0))
     3.0
     """
-    front = [p for p in pareto_front(points) if p[0] > ref[0] and p[1] > ref[1]]
-    area, prev_b = 0.0, ref[1]
-    for a, b in sorted(front, key=lambda p: -p[0]):
-        if b > prev_b:
-            area += (a - ref[0]) * (b - prev_b)
-            prev_b = b
-    return area
+    import moocore
+    import numpy as np
+
+    pts = [p for p in _finite_points(points) if p[0] > ref[0] and p[1] > ref[1]]
+    if not pts:
+        return 0.0
+    return float(moocore.hypervolume(np.array(pts), ref=[float(ref[0]), float(ref[1])], maximise=True))
 
 
 def mann_whitney_greater(values: Sequence[float], baseline: Sequence[float]) -> float:

@@ -20,9 +20,9 @@ Fraction(128, 1)
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from math import gcd
-from typing import Iterable, Mapping
 
 __all__ = [
     "Monomial",
@@ -111,30 +111,30 @@ class Monomial:
 
     # -- construction -------------------------------------------------
     @staticmethod
-    def const(value: int | Fraction) -> "Monomial":
+    def const(value: int | Fraction) -> Monomial:
         """A constant monomial (a static size such as a kernel size ``3``)."""
         f = Fraction(value)
         return Monomial(f.numerator, f.denominator)
 
     @staticmethod
-    def symbol(symbol_id: int, power: int = 1) -> "Monomial":
+    def symbol(symbol_id: int, power: int = 1) -> Monomial:
         """The monomial ``symbol^power``."""
         return Monomial(1, 1, ((symbol_id, power),) if power else ())
 
     # -- algebra ------------------------------------------------------
-    def __mul__(self, other: "Monomial | int") -> "Monomial":
+    def __mul__(self, other: Monomial | int) -> Monomial:
         if isinstance(other, int):
             return Monomial(self.num * other, self.den, self.powers)
         return Monomial(self.num * other.num, self.den * other.den, _merge(self.powers, other.powers, 1))
 
     __rmul__ = __mul__
 
-    def __truediv__(self, other: "Monomial | int") -> "Monomial":
+    def __truediv__(self, other: Monomial | int) -> Monomial:
         if isinstance(other, int):
             return Monomial(self.num, self.den * other, self.powers)
         return Monomial(self.num * other.den, self.den * other.num, _merge(self.powers, other.powers, -1))
 
-    def __pow__(self, k: int) -> "Monomial":
+    def __pow__(self, k: int) -> Monomial:
         if k >= 0:
             return Monomial(self.num**k, self.den**k, tuple((s, p * k) for s, p in self.powers))
         return Monomial(self.den ** (-k), self.num ** (-k), tuple((s, p * k) for s, p in self.powers))
@@ -147,7 +147,7 @@ class Monomial:
     def __hash__(self) -> int:
         return self._hash
 
-    def __lt__(self, other: "Monomial") -> bool:
+    def __lt__(self, other: Monomial) -> bool:
         return self.sort_key() < other.sort_key()
 
     def sort_key(self) -> tuple:
@@ -176,7 +176,7 @@ class Monomial:
                 return p
         return 0
 
-    def static_part(self) -> "Monomial":
+    def static_part(self) -> Monomial:
         """The monomial with every free symbol removed."""
         return Monomial(self.num, self.den, tuple((s, p) for s, p in self.powers if s < _FIRST_FREE))
 
@@ -191,7 +191,7 @@ class Monomial:
             out *= Fraction(values[s]) ** p
         return out
 
-    def rename(self, mapping: Mapping[int, int]) -> "Monomial":
+    def rename(self, mapping: Mapping[int, int]) -> Monomial:
         """Rename free symbols (static ids map to themselves)."""
         if not any(s in mapping for s, _ in self.powers):
             return self

@@ -14,9 +14,9 @@ are collected as it grows, for the size solver in :mod:`kasrl.solver`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Sequence
 
 from kasrl.errors import IllegalAction
 from kasrl.ir.dims import Monomial, free_symbol
@@ -91,7 +91,7 @@ class Constraints:
     params: dict = field(default_factory=dict)
     latency: dict = field(default_factory=dict)
 
-    def copy(self) -> "Constraints":
+    def copy(self) -> Constraints:
         """A copy that can grow independently."""
         return Constraints(set(self.integral), set(self.equal), set(self.volume), dict(self.flops), dict(self.params), dict(self.latency))
 
@@ -149,7 +149,7 @@ class KernelGraph:
         successor tables) and are rebuilt on demand in the receiving process."""
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
-    def copy(self) -> "KernelGraph":
+    def copy(self) -> KernelGraph:
         """An independent copy (nodes are immutable and shared)."""
         g = KernelGraph.__new__(KernelGraph)
         g.ctx = self.ctx
@@ -239,7 +239,8 @@ class KernelGraph:
             IllegalAction: when an input id is unknown or the primitive does not apply.
         """
         if len(inputs) != prim.arity or any(not 0 <= i < len(self.nodes) for i in inputs):
-            raise IllegalAction(f"primitive `{prim.label()}` needs {prim.arity} input(s) among nodes 0..{len(self.nodes) - 1}, got {list(inputs)}")
+            raise IllegalAction(f"primitive `{prim.label()}` needs {prim.arity} input(s) among nodes 0..{len(self.nodes) - 1}, "
+                                f"got {list(inputs)}")
         shapes = tuple(self.nodes[i].shape for i in inputs)
         inf = infer(prim, shapes, self.n_free, self.ctx)
         if inf is None:

@@ -33,8 +33,9 @@ bmm            contracts shared slots of two tensors   one batched ``matmul``
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from kasrl.ir.dims import ONE, C, Monomial, free_symbol
 from kasrl.ir.shape import (
@@ -109,7 +110,7 @@ class Inference:
     params: tuple = ()
     latency: tuple = ()
 
-    def renamed(self, mapping: Mapping[int, int]) -> "Inference":
+    def renamed(self, mapping: Mapping[int, int]) -> Inference:
         """The same inference with free symbols renamed (``old id -> new id``)."""
         if not mapping:
             return self
@@ -223,7 +224,8 @@ class Primitive:
 
         Args:
             ins: names of the input tensors (7-d).
-            shapes: their shapes; ``out`` the output shape.
+            shapes: their shapes.
+            out: the output shape.
             w: weight suffix -> expression of the weight tensor.
             sz: maps a :class:`Monomial` to a Python int expression.
         """
@@ -651,7 +653,8 @@ class Binary(Primitive):
         return _BINARY[self.attrs["op"]].format(ins[0], ins[1])
 
 
-_CONTRACTIONS = {"C": (C_SLOT,), "G": (G_SLOT,), "KH": (KH_SLOT,), "KW": (KW_SLOT,), "KHKW": (KH_SLOT, KW_SLOT), "H": (H_SLOT,), "W": (W_SLOT,), "HW": (H_SLOT, W_SLOT)}
+_CONTRACTIONS = {"C": (C_SLOT,), "G": (G_SLOT,), "KH": (KH_SLOT,), "KW": (KW_SLOT,), "KHKW": (KH_SLOT, KW_SLOT), "H": (H_SLOT,),
+                 "W": (W_SLOT,), "HW": (H_SLOT, W_SLOT)}
 
 
 class BatchedMatmul(Primitive):

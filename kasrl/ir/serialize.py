@@ -136,7 +136,8 @@ def from_document(doc: Any, ctx: SpaceContext | None = None, source: str = "docu
         _require(isinstance(shape, str) and len(shape) < 400, f"{where}: `shape` must be a string such as '[1, C, 1, 1, H, W]'")
         if pos == 0:
             _require(op == "input", f"{where}: the first node must be the input, got op {op!r}")
-            _require(shape == format_shape(g.nodes[0].shape), f"{where}: `shape` {shape!r} is not the input shape {format_shape(g.nodes[0].shape)!r}")
+            _require(shape == format_shape(g.nodes[0].shape),
+                     f"{where}: `shape` {shape!r} is not the input shape {format_shape(g.nodes[0].shape)!r}")
             continue
         _require(op in PRIMITIVES, f"{where}: unknown primitive {op!r}; known: {', '.join(sorted(PRIMITIVES))}")
         attrs = node.get("attrs", {})
@@ -160,7 +161,8 @@ def from_document(doc: Any, ctx: SpaceContext | None = None, source: str = "docu
         got = format_shape(n.shape)
         _require(shape == got, f"{where} ({op}): declared shape {shape!r} does not match the computed shape {got!r}")
     out = doc.get("output")
-    _require(type(out) is int and out == len(nodes) - 1, f"{source}: `output` must be the id of the last node ({len(nodes) - 1}), got {out!r}")
+    _require(type(out) is int and out == len(nodes) - 1,
+             f"{source}: `output` must be the id of the last node ({len(nodes) - 1}), got {out!r}")
     _require(len(g.branches) == 1, f"{source}: nodes {[b for b in g.branches if b != out]} are computed but never used")
     _require(g.is_finished, f"{source}: the output shape {format_shape(g.output.shape)} is not [1, C, 1, 1, H, W]")
     sizes = doc.get("sizes")
@@ -173,7 +175,8 @@ def from_document(doc: Any, ctx: SpaceContext | None = None, source: str = "docu
     if stated is not None:
         _require(isinstance(stated, str), f"{source}: `hash` must be a string")
         actual = kernel_hash(g)
-        _require(stated == actual, f"{source}: `hash` {stated[:16]}... does not match the kernel ({actual[:16]}...): the document was edited")
+        _require(stated == actual,
+                 f"{source}: `hash` {stated[:16]}... does not match the kernel ({actual[:16]}...): the document was edited")
     return g
 
 

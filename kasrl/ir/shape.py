@@ -18,9 +18,7 @@ A kernel's input and output are both ``[1, C, 1, 1, H, W]``.
 
 from __future__ import annotations
 
-from typing import Tuple
-
-from kasrl.ir.dims import C, H, ONE, W, Monomial, product
+from kasrl.ir.dims import ONE, C, H, Monomial, W, product
 
 __all__ = [
     "Shape",
@@ -40,7 +38,7 @@ __all__ = [
     "format_shape",
 ]
 
-Shape = Tuple[Monomial, Monomial, Monomial, Monomial, Monomial, Monomial]
+Shape = tuple[Monomial, Monomial, Monomial, Monomial, Monomial, Monomial]
 
 SLOTS = ("G", "C", "KH", "KW", "H", "W")
 G_SLOT, C_SLOT, KH_SLOT, KW_SLOT, H_SLOT, W_SLOT = range(6)

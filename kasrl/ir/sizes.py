@@ -9,8 +9,9 @@ a power-of-two constant, the same at every placement (as in Canvas).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 from kasrl.ir.dims import C_ID, H_ID, W_ID, Monomial
 

@@ -38,8 +38,8 @@ from kasrl.errors import ConfigError, KasrlError
 from kasrl.latency.model import LatencyModel
 from kasrl.latency.profile import default_profile_path, fingerprint, load_profile, save_profile
 
-__all__ = ["MIN_REFINE", "needs_model", "check_supported", "task_placements", "task_profile_fingerprint", "task_profile_path", "store_samples", "task_latency_model",
-           "save_run_model"]
+__all__ = ["MIN_REFINE", "needs_model", "check_supported", "task_placements", "task_profile_fingerprint", "task_profile_path",
+           "store_samples", "task_latency_model", "save_run_model"]
 
 #: Fewer measured samples than this leave the profile's model as it is.
 MIN_REFINE = 10

@@ -17,8 +17,8 @@ element-constraint formulation was 100x slower to presolve.)
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from ortools.sat.python import cp_model
 
@@ -95,7 +95,7 @@ def _choice_values(choice: tuple, placements: tuple) -> list:
     return [float(p.c) ** int(choice[0]) * 2.0 ** choice[1] for p in placements]
 
 
-def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | None:
+def prune_domains(prob: SizeProblem, domain: SizeDomain, only: set) -> dict | None:
     """Per-symbol choices that can still be part of a solution, or None if none can.
 
     Exact filtering by every constraint on a single free size, then bound
@@ -141,7 +141,7 @@ def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | 
         hi = {s: [max(vals[c][i] for c in d) for i in range(len(prob.placements))] for s, d in doms.items()}
         for groups, by_symbol, limits in sums:
             for i, limit in enumerate(limits):
-                def term_lb(free, k, fixed=None):
+                def term_lb(free, k, fixed=None, i=i, lo=lo, hi=hi):
                     v = k
                     for s, n in free:
                         if fixed is not None and s == fixed[0]:
@@ -157,7 +157,8 @@ def prune_domains(prob: "SizeProblem", domain: SizeDomain, only: set) -> dict | 
                     if not rel:
                         continue
                     rest = total - sum(lbs[j] for j in rel)
-                    kept = [c for c in doms[s] if rest + sum(term_lb(groups[j][0], groups[j][1][i], (s, c)) for j in rel) <= limit * (1 + 1e-9)]
+                    cap = limit * (1 + 1e-9)
+                    kept = [c for c in doms[s] if rest + sum(term_lb(groups[j][0], groups[j][1][i], (s, c)) for j in rel) <= cap]
                     if len(kept) < len(doms[s]):
                         if not kept:
                             return None
@@ -227,8 +228,8 @@ class _Builder:
             self.model.add_exactly_one(z)
             t = self.model.new_bool_var(f"t{s}")
             e = self.model.new_int_var(lo, hi, f"e{s}")
-            self.model.add(t == sum(zi for zi, (r, _) in zip(z, choices) if r))
-            self.model.add(e == sum(x * zi for zi, (_, x) in zip(z, choices)))
+            self.model.add(t == sum(zi for zi, (r, _) in zip(z, choices, strict=False) if r))
+            self.model.add(e == sum(x * zi for zi, (_, x) in zip(z, choices, strict=False)))
             self.t[s], self.e[s], self.z[s] = t, e, z
         self._parts: dict = {}
 
@@ -248,8 +249,8 @@ class _Builder:
             m = self.model
             lits = tuple(m.new_bool_var("") for _ in pairs)
             m.add_exactly_one(lits)
-            m.add(sum(n * self.t[s] for s, n in free) == sum(a * z for (a, _), z in zip(pairs, lits)))
-            m.add(sum(n * self.e[s] for s, n in free) == sum(ell * z for (_, ell), z in zip(pairs, lits)))
+            m.add(sum(n * self.t[s] for s, n in free) == sum(a * z for (a, _), z in zip(pairs, lits, strict=False)))
+            m.add(sum(n * self.e[s] for s, n in free) == sum(ell * z for (_, ell), z in zip(pairs, lits, strict=False)))
             hit = (pairs, lits)
         self._parts[free] = hit
         return hit
@@ -257,7 +258,7 @@ class _Builder:
     def values(self, m: Monomial) -> list:
         """``[(literal, [(num, den) at each placement]), ...]`` for monomial ``m``."""
         pairs, lits = self.onehot(m.free_part())
-        return list(zip(lits, _value_table(m, pairs, self.prob.placements)))
+        return list(zip(lits, _value_table(m, pairs, self.prob.placements), strict=False))
 
     def forbid_unless(self, m: Monomial, ok) -> None:
         """Forbid every (A, L) pair at which ``ok(num, den, placement index)`` fails somewhere."""
@@ -294,7 +295,8 @@ class _Builder:
                         consts[i] += c
                     else:
                         coefs[i][lit.index] = coefs[i].get(lit.index, 0) + c
-        return [cp_model.LinearExpr.weighted_sum([lits[j] for j in cs], list(cs.values())) + k for cs, k in zip(coefs, consts)]
+        return [cp_model.LinearExpr.weighted_sum([lits[j] for j in cs], list(cs.values())) + k for cs, k in zip(coefs, consts,
+                                                                                                                strict=False)]
 
 
 def _status_ok(status: int) -> bool:
@@ -347,27 +349,27 @@ def solve_sizes(
     flops = b.cost(prob.flops, "flops")
     params = b.cost(prob.params, "params")
     if "flops" in only:
-        for expr, lim in zip(flops, prob.limits):
+        for expr, lim in zip(flops, prob.limits, strict=False):
             b.model.add(expr <= lim.flops)
     if "params" in only:
-        for expr, lim in zip(params, prob.limits):
+        for expr, lim in zip(params, prob.limits, strict=False):
             b.model.add(expr <= lim.params)
     if "latency" in only and prob.has_latency:
-        for expr, lim in zip(b.cost(prob.latency, "latency"), prob.limits):
+        for expr, lim in zip(b.cost(prob.latency, "latency"), prob.limits, strict=False):
             b.model.add(expr <= lim.latency)
     goal = 0
     if objective == "max_capacity":  # the most parameters first: fix that, then the most FLOPs below
-        use_params = -sum(expr * max(1, _SCALE // max(1, lim.params)) for expr, lim in zip(params, prob.limits))
+        use_params = -sum(expr * max(1, _SCALE // max(1, lim.params)) for expr, lim in zip(params, prob.limits, strict=False))
         best = _optimise(b.model, use_params, config)
         if best is None:
             return None, None
         b.model.add(use_params <= best)
         objective = "max_flops"
     if objective == "max_flops":
-        goal = -sum(expr * max(1, _SCALE // max(1, lim.flops)) for expr, lim in zip(flops, prob.limits))
+        goal = -sum(expr * max(1, _SCALE // max(1, lim.flops)) for expr, lim in zip(flops, prob.limits, strict=False))
     elif objective == "min_cost":
-        goal = sum(expr * max(1, _SCALE // max(1, lim.flops)) for expr, lim in zip(flops, prob.limits))
-        goal += sum(expr * max(1, _SCALE // max(1, lim.params)) for expr, lim in zip(params, prob.limits))
+        goal = sum(expr * max(1, _SCALE // max(1, lim.flops)) for expr, lim in zip(flops, prob.limits, strict=False))
+        goal += sum(expr * max(1, _SCALE // max(1, lim.params)) for expr, lim in zip(params, prob.limits, strict=False))
     if objective != "feasible":
         if tie_break and prob.symbols:
             # lexicographic: the primary objective first, then a seeded preference

@@ -11,9 +11,9 @@ An *assignment* maps a free symbol id to ``(ratio, exp)`` (see
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from math import lcm
-from typing import Iterable, Mapping, Sequence
 
 from kasrl.ir.dims import C_ID, H_ID, W_ID, Monomial
 from kasrl.solver.budget import Limits, Placement
@@ -35,7 +35,7 @@ class NumericModel:
     _shared: dict = {}
 
     @classmethod
-    def shared(cls, placements: Sequence[Placement], limits: Sequence[Limits] = ()) -> "NumericModel":
+    def shared(cls, placements: Sequence[Placement], limits: Sequence[Limits] = ()) -> NumericModel:
         """One model per (placements, limits), so compiled monomials are reused
         across callers and calls (the limits only matter to :meth:`volume_ok`)."""
         key = (tuple(placements), tuple(limits))
@@ -99,7 +99,7 @@ class NumericModel:
 
     def volume_ok(self, m: Monomial, w: Mapping) -> bool:
         """True when ``m`` is within the tensor cap at every placement."""
-        return all(n <= lim.volume * d for (n, d), lim in zip(self.values(m, w), self.limits))
+        return all(n <= lim.volume * d for (n, d), lim in zip(self.values(m, w), self.limits, strict=False))
 
     def compile_float(self, m: Monomial) -> tuple:
         """``(free_part, ((K_p, c_p), ...))`` with float static parts."""
@@ -164,7 +164,7 @@ class NumericModel:
                     common = lcm(den, d)
                     nums[i] = nums[i] * (common // den) + n * (common // d)
                     dens[i] = common
-        return [Fraction(n, d) for n, d in zip(nums, dens)]
+        return [Fraction(n, d) for n, d in zip(nums, dens, strict=False)]
 
     def min_value(self, m: Monomial, bounds: Mapping) -> list:
         """A lower bound (float) of ``m`` at each placement over independent symbol ranges.
@@ -174,7 +174,7 @@ class NumericModel:
         """
         free, per_p = self.compile_float(m)
         out = []
-        for i, (k, c) in enumerate(per_p):
+        for i, (k, _) in enumerate(per_p):
             v = k
             for s, n in free:
                 lo, hi = bounds[s]

@@ -67,10 +67,11 @@ on the graph.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from operator import le
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
-from kasrl.ir.dims import ONE, C, Monomial, free_symbol
+from kasrl.ir.dims import ONE, C, free_symbol
 from kasrl.ir.graph import Constraints, KernelGraph, infer, poly_terms
 from kasrl.ir.primitives import Binary, Fold, Inference, Projection, SpaceContext
 from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, INPUT_SHAPE, KH_SLOT, KW_SLOT, SLOTS, W_SLOT, Shape, volume
@@ -113,7 +114,7 @@ def _compare(base: list, delta: list, extra: list, limits: list) -> int:
     """0 when a total is over its limit, ``_FITS`` when all fit, ``_NEAR`` when
     some total is within float rounding of its limit (then check exactly)."""
     out = _FITS
-    for b, d, x, lim in zip(base, delta, extra, limits):
+    for b, d, x, lim in zip(base, delta, extra, limits, strict=False):
         total = b + d + x
         if total > lim * (1 + 1e-9):
             return 0
@@ -124,7 +125,7 @@ def _compare(base: list, delta: list, extra: list, limits: list) -> int:
 
 def _vsum(*vectors: list) -> list:
     """Element-wise sum of per-placement vectors."""
-    return [sum(xs) for xs in zip(*vectors)]
+    return [sum(xs) for xs in zip(*vectors, strict=False)]
 
 
 class Fit(NamedTuple):
@@ -290,9 +291,9 @@ class CompletionOracle:
             rest = [(width_after - 1) * a for a in self._add_float]
             for i in range(graph.width):
                 if i not in ops:
-                    rest = [a + b for a, b in zip(rest, self._pending_floor(graph.branch_shape(i), has_c))]
+                    rest = [a + b for a, b in zip(rest, self._pending_floor(graph.branch_shape(i), has_c), strict=False)]
             state.closing[key] = rest
-        return [a + b for a, b in zip(rest, self._pending_floor(shape, has_c))]
+        return [a + b for a, b in zip(rest, self._pending_floor(shape, has_c), strict=False)]
 
     def _branch_pending(self, state: SearchState, w: dict, has_c: bool) -> list:
         """Per open branch, the float latency of its pending folds under ``w`` (cached per state and route)."""
@@ -314,7 +315,7 @@ class CompletionOracle:
             out = [(width_after - 1) * a for a in self._add_float]
             for i, vec in enumerate(pend):
                 if i not in ops:
-                    out = [a + b for a, b in zip(out, vec)]
+                    out = [a + b for a, b in zip(out, vec, strict=False)]
             hit = state.closing[key] = out
         return hit
 
@@ -384,7 +385,7 @@ class CompletionOracle:
             return False
         polys = (c.flops, c.params, c.latency)[: self.n_kinds]
         totals = [num.poly(poly_terms(p), w) for p in polys]
-        return all(v <= lim for kind, lims in zip(totals, self._lims) for v, lim in zip(kind, lims))
+        return all(v <= lim for kind, lims in zip(totals, self._lims, strict=False) for v, lim in zip(kind, lims, strict=False))
 
     def completable(self, state: SearchState) -> bool:
         """True when ``state`` can still be finished legally within budget."""
@@ -406,7 +407,8 @@ class CompletionOracle:
         hit = cache.get(key)
         if hit is None:
             extra = self._extra(key[1])
-            hit = tuple([lim * factor - b - x for lim, b, x in zip(lims, costs, xs)] for lims, costs, xs in zip(self._lims, base(), extra))
+            hit = tuple([lim * factor - b - x for lim, b, x in zip(lims, costs, xs, strict=True)]
+                        for lims, costs, xs in zip(self._lims, base(), extra, strict=True))
             cache[key] = hit
         return hit
 
@@ -428,7 +430,7 @@ class CompletionOracle:
             if all(map(le, deltas[0], slack_f)) and all(map(le, deltas[1], slack_p)):  # C-level loops: the hottest code of a search
                 if rest is None:
                     return Fit(cand, deltas)
-                need = [d + p + r for d, p, r in zip(deltas[2], pend[has_c], rest)]
+                need = [d + p + r for d, p, r in zip(deltas[2], pend[has_c], rest, strict=False)]
                 if all(map(le, need, slack[2])):
                     return Fit(cand, deltas)
         return None
@@ -470,7 +472,7 @@ class CompletionOracle:
         Costs add up, so a lower bound of each part bounds the sum.
         """
         floor = self.effect_floor(pr)
-        return floor is None or not all(all(map(le, f, h)) for f, h in zip(floor, headroom))
+        return floor is None or not all(all(map(le, f, h)) for f, h in zip(floor, headroom, strict=False))
 
     def advance_lb(self, state: SearchState, pr: Prepared | None) -> tuple | None:
         """The running lower bound of the state after applying ``pr`` to ``state``
@@ -481,7 +483,7 @@ class CompletionOracle:
         floor = self.effect_floor(pr)
         if floor is None:
             return None
-        return tuple([a + b for a, b in zip(x, y)] for x, y in zip(base, floor))
+        return tuple([a + b for a, b in zip(x, y, strict=False)] for x, y in zip(base, floor, strict=False))
 
     def successor(self, state: SearchState, pr: Prepared, res: tuple) -> tuple:
         """``(witness, costs, domains)`` of the state after an accepted action
@@ -490,7 +492,7 @@ class CompletionOracle:
             return res
         w = state.witness
         witness = {**w, pr.new_syms[0]: res.cand} if pr.new_syms else w
-        costs = tuple([a + b for a, b in zip(base, d)] for base, d in zip(state.witness_costs, res.deltas))
+        costs = tuple([a + b for a, b in zip(base, d, strict=False)] for base, d in zip(state.witness_costs, res.deltas, strict=False))
         return witness, costs, None
 
     # -- the mask's decision ---------------------------------------------------------
@@ -547,7 +549,7 @@ class CompletionOracle:
                 continue
             if not carry_exact:  # the floor plus the finishing step's: a cheap rejection for this state only
                 need = self._closing_floor(state, bool(has_c), ops, width - len(ops) + 1, pr.inf.shape)
-                if any(f + n > h for f, n, h in zip(self.effect_floor(pr)[2], need, headroom[has_c][2])):
+                if any(f + n > h for f, n, h in zip(self.effect_floor(pr)[2], need, headroom[has_c][2], strict=False)):
                     continue
             rest = None if carry_exact else self._rest(state, w, bool(has_c), ops, width - len(ops) + 1)
             res = self.quick_fit(pr, w, slack[has_c], has_c, rest)
@@ -618,14 +620,14 @@ class CompletionOracle:
             if verdict:
                 verdict = min(verdict, _compare(base[1], deltas[1], extra[1], self._lims[1]))
             if verdict and rest is not None:
-                need = [d + p + r for d, p, r in zip(deltas[2], pend[has_c], rest)]
+                need = [d + p + r for d, p, r in zip(deltas[2], pend[has_c], rest, strict=False)]
                 verdict = min(verdict, _compare(base[2], need, extra[2], self._lims[2]))
             w2 = {**w, new_syms[0]: cand} if new_syms else w
             if verdict == _NEAR:
                 verdict = _FITS if self._fits_exact(state.graph, inf, w2, has_c, pending or ()) else 0
             if verdict == _FITS:
                 self.stats["witness"] += 1
-                costs = tuple([a + b for a, b in zip(x, d)] for x, d in zip(base, deltas))
+                costs = tuple([a + b for a, b in zip(x, d, strict=False)] for x, d in zip(base, deltas, strict=False))
                 if len(self._verdicts) > 200_000:
                     self._verdicts.clear()
                 self._verdicts[vkey] = (cand, costs)
@@ -695,7 +697,7 @@ class CompletionOracle:
         polys = (c.flops, c.params, c.latency)
         for k in range(self.n_kinds):
             totals = self.num.poly(poly_terms(polys[k]) + own[k] + route_terms[k], w)
-            if not all(v <= lim for v, lim in zip(totals, self._lims[k])):
+            if not all(v <= lim for v, lim in zip(totals, self._lims[k], strict=False)):
                 return False
         return True
 
@@ -779,7 +781,7 @@ class CompletionOracle:
                 continue  # single sizes: their domains already say it
             vals = [1.0 / k for k, _ in per_p]
             old = out.get(free)
-            out[free] = vals if old is None else [max(a, b) for a, b in zip(old, vals)]
+            out[free] = vals if old is None else [max(a, b) for a, b in zip(old, vals, strict=False)]
         return out
 
     def _state_floors(self, state: SearchState) -> dict:
@@ -798,7 +800,7 @@ class CompletionOracle:
                 free, per_p = num.compile_float(m)
                 fl = floors.get(free)
                 if fl is not None:
-                    vals = [max(v, k * f) for v, (k, _), f in zip(vals, per_p, fl)]
+                    vals = [max(v, k * f) for v, (k, _), f in zip(vals, per_p, fl, strict=False)]
             for i, v in enumerate(vals):
                 out[i] += v
         return out
@@ -827,7 +829,7 @@ class CompletionOracle:
         """Lower bounds of the action's own costs per kind and placement over
         ``bounds``, or None when one of its tensors breaks the cap whatever the sizes."""
         for m in pr.volume:
-            if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits)):
+            if any(v > lim.volume * (1 + 1e-9) for v, lim in zip(self.num.min_value(m, bounds), self.solver.limits, strict=False)):
                 return None
         return tuple(self._lb(terms, bounds, floors) for terms in pr.costs[: self.n_kinds])
 
@@ -844,7 +846,7 @@ class CompletionOracle:
         floors = self._state_floors(state)
         own = self._floors(pr.integral + pr.equal)
         if own:
-            floors = {**floors, **{f: [max(a, b) for a, b in zip(v, floors.get(f, v))] for f, v in own.items()}}
+            floors = {**floors, **{f: [max(a, b) for a, b in zip(v, floors.get(f, v), strict=False)] for f, v in own.items()}}
         touched = set(pr.new_syms)
         for m in pr.volume + tuple(pr.inf.flops) + tuple(pr.inf.params) + tuple(pr.inf.latency) + tuple(pending):
             touched.update(m.free_symbols())
@@ -910,7 +912,7 @@ class CompletionOracle:
         effect = [num.compile_poly(terms) for terms in effect]
         # costs are updated, not recomputed: the state's costs under the witness,
         # minus its terms in the size being re-chosen, plus those terms re-valued
-        fixed = [[a + b for a, b in zip(base, x)] for base, x in zip(state.witness_costs, self._extra(has_c))]
+        fixed = [[a + b for a, b in zip(base, x, strict=False)] for base, x in zip(state.witness_costs, self._extra(has_c), strict=False)]
         start = {**w, **{s: domains[s][0] for s in new_syms}}
         best = None
         for s in sorted(touched) + [None] + others:
@@ -924,12 +926,12 @@ class CompletionOracle:
                 w2 = {**start, s: choice}
                 # the budget first (floats, a few terms): it is what usually fails
                 totals = [[a - b + c + d for a, b, c, d in zip(fixed[k], was[k], num.compiled_float(own[k], w2),
-                                                                num.compiled_float(effect[k], w2))]
+                                                                num.compiled_float(effect[k], w2), strict=False)]
                           for k in k_all]
-                if any(v > lim * (1 - 1e-9) for k in k_all for v, lim in zip(totals[k], lims[k])):
+                if any(v > lim * (1 - 1e-9) for k in k_all for v, lim in zip(totals[k], lims[k], strict=False)):
                     continue
-                util = sum(sum(v / lim for v, lim in zip(totals[k], lims[k])) for k in k_all) if self.n_kinds > 2 else \
-                    sum(a / lf + b / lp for a, b, lf, lp in zip(totals[0], totals[1], lims[0], lims[1]))
+                util = sum(sum(v / lim for v, lim in zip(totals[k], lims[k], strict=False)) for k in k_all) if self.n_kinds > 2 else \
+                    sum(a / lf + b / lp for a, b, lf, lp in zip(totals[0], totals[1], lims[0], lims[1], strict=False))
                 if best is not None and util >= best[0]:
                     continue
                 if (

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from kasrl.errors import SolverInfeasible
 from kasrl.ir.dims import Monomial, symbol_name
@@ -44,7 +44,7 @@ class SizeSolver:
         self.config = config or SolverConfig()
         self.latency = latency if self.budget.latency is not None else None
         self.limits = tuple(self.budget.limits(p, latency.conv3x3_units(p) if latency is not None else None) for p in self.placements)
-        for p, lim in zip(self.placements, self.limits):
+        for p, lim in zip(self.placements, self.limits, strict=False):
             if lim.volume < p.c * p.h * p.w:
                 raise SolverInfeasible(
                     f"`budget.max_tensor` caps tensors at {lim.volume} elements, below the input itself at {p} ({p.c * p.h * p.w})",
@@ -84,7 +84,8 @@ class SizeSolver:
         Raises:
             SolverInfeasible: naming the placement and the constraint that fails.
         """
-        sizes, _ = solve_sizes(self.problem(graph.constraints, graph.free_symbols), self.config, objective, tie_break=objective != "feasible")
+        sizes, _ = solve_sizes(self.problem(graph.constraints, graph.free_symbols), self.config, objective,
+                               tie_break=objective != "feasible")
         if sizes is None:
             raise self.diagnose(graph.constraints, graph.free_symbols)
         graph.sizes = sizes
@@ -129,7 +130,8 @@ class SizeSolver:
                     continue
                 if name == "memory":
                     cap = self.limits[i].volume
-                    text = f"an intermediate tensor exceeds the cap of {cap} elements ({self.budget.max_tensor:g}x C*H*W) whatever the sizes"
+                    text = (f"an intermediate tensor exceeds the cap of {cap} elements ({self.budget.max_tensor:g}x C*H*W) "
+                            "whatever the sizes")
                 elif name == "flops":
                     need = self._min_ratio(constraints, symbols, "flops", i)
                     text = f"budget {self.budget.describe_flops()} is below the minimum this kernel needs ({need:.3g}x conv FLOPs)"
@@ -137,7 +139,8 @@ class SizeSolver:
                     need = self._min_ratio(constraints, symbols, "params", i)
                     text = f"budget {self.budget.describe_params()} is below the minimum this kernel needs ({need:.3g}x conv params)"
                 elif name == "latency":
-                    text = f"budget {self.budget.latency:g}x the conv's predicted latency is below what this kernel needs whatever the sizes"
+                    text = (f"budget {self.budget.latency:g}x the conv's predicted latency is below what this kernel needs "
+                            "whatever the sizes")
                 return SolverInfeasible(f"{text} at {p}", tuple(p), name)
         for i in range(len(self.placements)):
             for j in range(i + 1, len(self.placements)):

@@ -20,6 +20,10 @@ from typing import NamedTuple
 
 from kasrl.errors import ConfigError
 from kasrl.ir.primitives import (
+    _ACTIVATIONS,
+    _BINARY,
+    _CONTRACTIONS,
+    _ELEMENTWISE,
     Activation,
     BatchedMatmul,
     Binary,
@@ -34,10 +38,6 @@ from kasrl.ir.primitives import (
     Shift,
     Softmax,
     Unfold,
-    _ACTIVATIONS,
-    _BINARY,
-    _CONTRACTIONS,
-    _ELEMENTWISE,
 )
 from kasrl.ir.shape import SLOTS
 
@@ -110,7 +110,7 @@ class SpaceConfig:
             raise ConfigError(f"`space.min_steps` must be an integer in [1, max_steps={self.max_steps}], got {self.min_steps!r}")
 
     @classmethod
-    def from_dict(cls, data: dict, prefix: str = "space") -> "SpaceConfig":
+    def from_dict(cls, data: dict, prefix: str = "space") -> SpaceConfig:
         """Build from a mapping, naming an unknown key in the error."""
         known = {f.name for f in fields(cls)}
         for k in data:

@@ -17,7 +17,7 @@ and the caches the space and the completability oracle keep about it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,8 +25,8 @@ from kasrl.errors import IllegalAction
 from kasrl.ir.dims import ONE, PLACEHOLDER, PLACEHOLDER_INDEX, C, free_symbol
 from kasrl.ir.graph import KernelGraph, infer
 from kasrl.ir.primitives import PRIMITIVES, Binary, Fold, Projection, SpaceContext
-from kasrl.ir.sizes import SizeChoice
 from kasrl.ir.shape import C_SLOT, G_SLOT, H_SLOT, KH_SLOT, KW_SLOT, SLOTS, W_SLOT
+from kasrl.ir.sizes import SizeChoice
 from kasrl.solver.budget import RESNET18_PLACEMENTS, Budget, Placement
 from kasrl.solver.cpsat import SolverConfig, solve_sizes
 from kasrl.solver.oracle import CompletionOracle, Prepared

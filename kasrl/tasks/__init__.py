@@ -8,6 +8,7 @@
 from kasrl.tasks.data import DATASETS, DatasetSpec, DatasetSplits, load_dataset, read_idx, subset_indices
 from kasrl.tasks.networks import NETWORKS, BasicBlock, ResNet, SmallCNN, build_network, network_options
 from kasrl.tasks.task import (
+    LadderSpec,
     LatencySpec,
     NetworkSpec,
     Penalties,
@@ -16,7 +17,6 @@ from kasrl.tasks.task import (
     RewardSpec,
     Task,
     TimeoutSpec,
-    LadderSpec,
     build_task_network,
     check_device_options,
     latency_placements,

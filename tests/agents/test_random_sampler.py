@@ -110,7 +110,7 @@ def test_first_legal_sizes_are_legal_everywhere():
     s = RandomSampler(space, seed=12, sizes="feasible")
     for _ in range(15):
         k, _ = s.sample_actions()
-        for p, lim in zip(space.placements, space.solver.limits):
+        for p, lim in zip(space.placements, space.solver.limits, strict=False):
             for choice in k.sizes.values():
                 choice.value(p.c)  # raises when a size is not a positive integer here
             flops, params = analytic_cost(k, p)

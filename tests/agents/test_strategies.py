@@ -108,7 +108,7 @@ class _Planted(Evaluator):
         self.calls += 1
         labels = [n.prim.label() for n in kernel.nodes[1:] if not n.closing]
         match = 0
-        for a, b in zip(labels, self.target):
+        for a, b in zip(labels, self.target, strict=False):
             if a != b:
                 break
             match += 1

@@ -124,10 +124,10 @@ def test_incremental_observations_equal_observations_built_from_scratch():
             obs, _, done, _, _ = env.step(env.action_space.sample())
             g = env.kernel if done else env.state.graph
             fresh = _GraphObserver(env.max_nodes).update(g)
-            for key, arr in zip(("nodes", "adjacency", "node_mask"), fresh):
+            for key, arr in zip(("nodes", "adjacency", "node_mask"), fresh, strict=False):
                 assert np.array_equal(obs[key], arr), key
     # observations handed out earlier are not changed by later steps
-    for obs, snap in zip(kept, snapshots):
+    for obs, snap in zip(kept, snapshots, strict=False):
         assert all(np.array_equal(obs[k], snap[k]) for k in snap)
 
 

@@ -31,16 +31,17 @@ class _Rung:
 
     def run(self, items):
         out = []
-        for k, before in items:
+        for k, _before in items:
             self.seen.append(k.hash)
             if k.hash in self.fail:
                 out.append(RungOutcome(Status.BUILD_ERROR, cause=f"{self.name}: broken on purpose"))
             elif self.last:
-                out.append(RungOutcome(Status.OK, {"speedup": math.exp(k.speed), "accuracy": 70.0}, {"train": {"outcome": "ok", "seconds": 3.0}},
-                                       bound=k.final, reward=k.final))
+                stages = {"train": {"outcome": "ok", "seconds": 3.0}}
+                out.append(RungOutcome(Status.OK, {"speedup": math.exp(k.speed), "accuracy": 70.0}, stages, bound=k.final, reward=k.final))
             else:
                 b, noise = self.bound(k)
-                out.append(RungOutcome(Status.OK, {"speedup": math.exp(k.speed)}, {"time": {"outcome": "ok", "seconds": 0.5}}, bound=b, noise=noise))
+                out.append(RungOutcome(Status.OK, {"speedup": math.exp(k.speed)}, {"time": {"outcome": "ok", "seconds": 0.5}}, bound=b,
+                                       noise=noise))
         return out
 
 
@@ -58,7 +59,8 @@ def _ladder(store=None, top_k=3, floor=None, fail=None):
     predict = _Rung("predict", lambda k: (k.speed + 0.4, 0.0))  # a loose but true bound
     screen = _Rung("screen", lambda k: (k.speed, 0.05))
     full = _Rung("full", last=True, fail=fail)
-    return Ladder([predict, screen, full], LadderPolicy(top_k, floor), "measured", "task", store, {"build_error": -7.0}), (predict, screen, full)
+    return Ladder([predict, screen, full], LadderPolicy(top_k, floor), "measured", "task", store, {"build_error": -7.0}), (predict, screen,
+                                                                                                                           full)
 
 
 def test_a_kernel_that_could_win_is_never_dropped_and_one_that_cannot_is_never_trained():

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
+from agents.random_sampler import RandomSampler
 from kasrl.eval.cache import CachedEvaluator
 from kasrl.eval.measured import MeasuredEvaluator, reward_from
 from kasrl.eval.task_space import task_search_setup
-from agents.random_sampler import RandomSampler
 from kasrl.space import SearchSpace
 from kasrl.store.records import Status
 from kasrl.store.sqlite import SQLiteStore
@@ -24,7 +24,8 @@ from kasrl.tasks import load_task, task_from_dict
 from tests.eval import planted
 from tests.helpers import build
 
-FAST = {"timeouts.build_s": 5, "timeouts.latency_s": 20, "timeouts.train_s": 30, "latency.repeats": 3, "latency.warmup": 1, "latency.time_s": 0.1, "latency.max_time_s": 0.1}
+FAST = {"timeouts.build_s": 5, "timeouts.latency_s": 20, "timeouts.train_s": 30, "latency.repeats": 3, "latency.warmup": 1,
+        "latency.time_s": 0.1, "latency.max_time_s": 0.1}
 
 
 def _task(**extra):
@@ -57,7 +58,8 @@ def test_planted_failures_are_typed_and_the_evaluator_survives(isolated, kernel,
     assert result.reward == getattr(isolated.task.reward.penalties, status) < 0
     # the same evaluator goes on: a good kernel (a depthwise-separable convolution) still evaluates, every stage
     placements, _, _ = task_search_setup(isolated.task)
-    good = build([("conv", (0,), {"kh": 3, "kw": 3, "dilation": 1, "out": "depthwise"}), ("projection", (0,), {"out": "C", "grouped": False})],
+    good = build([("conv", (0,), {"kh": 3, "kw": 3, "dilation": 1, "out": "depthwise"}),
+                    ("projection", (0,), {"out": "C", "grouped": False})],
                  solve_at=placements)
     result = isolated.evaluate(good)
     assert result.status.is_ok(), result.cause

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+
 import pytest
 
 from evolution.algorithms import AgingEvolution, EvolutionOptions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kasrl.experiment.stats import anytime, band, hypervolume, holm, mann_whitney_greater, pareto_front, share_better
+from kasrl.experiment.stats import anytime, band, holm, hypervolume, mann_whitney_greater, pareto_front, share_better
 
 
 def test_holm_adjusts_step_down_and_keeps_order():

@@ -59,8 +59,9 @@ def _run(prim, shapes, placement, equal_x=False):
     weights = {wt.name: torch.randn(*[num(d) for d in wt.dims]) for wt in prim.weights(shapes, inf.shape)}
     names = {C_ID: "c", H_ID: "h", W_ID: "w", free_symbol(0): "x0", free_symbol(1): "x1", free_symbol(NEXT): "x2"}
     expr = prim.emit([f"a{i}" for i in range(len(ins))], shapes, inf.shape, {k: f"wt_{k}" for k in weights}, lambda m: m.python_expr(names))
-    env = {"torch": torch, "F": F, "n": batch, "c": placement[0], "h": placement[1], "w": placement[2], "x0": 2, "x1": vals[free_symbol(1)], "x2": 2}
-    for h_name, src in _HELPERS.items():
+    env = {"torch": torch, "F": F, "n": batch, "c": placement[0], "h": placement[1], "w": placement[2], "x0": 2,
+           "x1": vals[free_symbol(1)], "x2": 2}
+    for src in _HELPERS.values():
         exec(src, env)  # noqa: S102 - the project's own helper source
     env.update({f"a{i}": t for i, t in enumerate(ins)})
     env.update({f"wt_{k}": t for k, t in weights.items()})

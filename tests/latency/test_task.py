@@ -16,7 +16,6 @@ from kasrl.ir.serialize import dumps
 from kasrl.latency import ProfileMismatch, load_profile
 from kasrl.latency import task as latency_task
 from kasrl.latency.calibrate import refine
-from kasrl.solver.budget import Budget
 from kasrl.space import SearchSpace
 from kasrl.store.records import EvalRecord, Status
 from kasrl.store.sqlite import SQLiteStore

@@ -84,9 +84,9 @@ def _brute_sizes(space, g) -> bool:
     params = poly_terms(cons.params) + (() if has_c else (C,))
     latency = poly_terms(cons.latency) + (_reserve(shapes, has_c) if space.solver.latency is not None else ())
     for combo in itertools.product(DOMAIN.choices(), repeat=len(g.free_symbols)):
-        sizes = {s: SizeChoice(*c) for s, c in zip(g.free_symbols, combo)}
+        sizes = {s: SizeChoice(*c) for s, c in zip(g.free_symbols, combo, strict=False)}
         ok = True
-        for p, lim in zip(space.solver.placements, space.solver.limits):
+        for p, lim in zip(space.solver.placements, space.solver.limits, strict=False):
             v = symbol_values(sizes, p.c, p.h, p.w)
             if not (all((m.evaluate(v).denominator == 1 and m.evaluate(v) >= 1) for m in cons.integral)
                     and all(m.evaluate(v) == 1 for m in cons.equal)

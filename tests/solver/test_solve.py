@@ -38,7 +38,8 @@ def test_bottleneck_gets_the_largest_width_that_fits_half_a_conv():
 
 
 def test_grouped_projection_gets_a_group_count_that_divides_c_everywhere():
-    steps = [("group", (0,), {}), ("projection", (0,), dict(out="C", grouped=True)), ("conv", (0,), dict(kh=3, kw=3, dilation=1, out="depthwise"))]
+    steps = [("group", (0,), {}), ("projection", (0,), dict(out="C", grouped=True)), ("conv", (0,), dict(kh=3, kw=3, dilation=1,
+                                                                                                         out="depthwise"))]
     placements = [Placement(48, 8, 8), Placement(80, 4, 4), Placement(112, 2, 2)]  # gcd 16, not powers of two
     g = build(steps)
     sizes = SizeSolver(placements, Budget(flops=0.2, params=0.2)).solve(g)
@@ -86,7 +87,8 @@ def test_contradictory_placements_are_named():
     solver = SizeSolver(placements, Budget(flops=100.0, params_abs=64), config)
     for p in placements:
         assert SizeSolver([p], solver.budget, config).solve(build(steps))
-    with pytest.raises(SolverInfeasible, match="contradictory placements: no single choice of sizes works at both 64x4x4 and 24x4x4") as err:
+    message = "contradictory placements: no single choice of sizes works at both 64x4x4 and 24x4x4"
+    with pytest.raises(SolverInfeasible, match=message) as err:
         solver.solve(build(steps))
     assert err.value.constraint == "placements" and err.value.placement is None
 
@@ -103,7 +105,7 @@ def test_every_solved_random_kernel_builds_runs_and_matches_its_flops():
     small = [Placement(p.c // 8, p.h // 7, p.w // 7) for p in RESNET18_PLACEMENTS]  # same ratios, cheap to run
     for _ in range(30):
         g = rollout(space, rng, 3, 18)
-        for p, lim in zip(RESNET18_PLACEMENTS, space.solver.limits):
+        for p, lim in zip(RESNET18_PLACEMENTS, space.solver.limits, strict=False):
             flops, params = analytic_cost(g, p)
             assert flops <= lim.flops and params <= lim.params
         assert analytic_costs(g, RESNET18_PLACEMENTS) == [analytic_cost(g, p) for p in RESNET18_PLACEMENTS]
