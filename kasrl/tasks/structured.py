@@ -210,6 +210,11 @@ def _prepared(cls: type, data: Any, prefix: str) -> dict:
     return data
 
 
+def _required(cls: type) -> list:
+    return [f.name for f in dataclasses.fields(cls)
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+
+
 def _template(cls: type):
     if cls not in _TEMPLATES:
         with _building():
@@ -225,10 +230,9 @@ def build(cls: type, data: Any, prefix: str) -> Any:
             key, a value of the wrong type or a value the section rejects.
     """
     data = _prepared(cls, data, prefix)
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
-    if required:
-        raise ConfigError(f"missing key `{prefix}.{required[0]}`")
+    missing = [name for name in _required(cls) if name not in data]
+    if missing:
+        raise ConfigError(f"missing key `{prefix}.{missing[0]}`")
     with _building():
         try:
             return OmegaConf.to_object(OmegaConf.merge(_template(cls), OmegaConf.create(data)))
@@ -287,12 +291,13 @@ def _leaves(cls: type, data: Mapping, parts: list) -> Iterator[tuple]:
 
 def _locate(cls: type, data: Mapping) -> tuple | None:
     """The first leaf of ``data`` that does not type on its own (for errors OmegaConf reports without a key)."""
+    required = {name: data[name] for name in _required(cls) if name in data}
     for parts, value in _leaves(cls, data, []):
         single: Any = value
         for part in reversed(parts):
             single = {part: single}
         try:
-            OmegaConf.to_object(OmegaConf.merge(_template(cls), OmegaConf.create(single)))
+            OmegaConf.to_object(OmegaConf.merge(_template(cls), OmegaConf.create(deep_merge(required, single))))
         except OmegaConfBaseException:
             return parts, value
         except Exception:  # noqa: BLE001, S112 - a leaf that types but fails validation alone: not the one

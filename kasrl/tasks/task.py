@@ -523,7 +523,12 @@ def _probe_network(target: Target, kwargs: dict) -> Any:
 
 
 def _check_network(task: Task) -> None:
-    """At load: the factory returns an ``nn.Module`` with a shape-preserving 3x3 conv, and ``select``'s names match."""
+    """Check at load that the factory returns an ``nn.Module``, and what else can be known without the data.
+
+    With the data's shape known without loading them (the loader's ``info`` hook: kasrl's own loaders have one), also
+    that the network has a shape-preserving 3x3 conv and that ``select`` matches; which convs preserve the shape can
+    depend on ``in_channels``, so otherwise :func:`build_task_network` checks that.
+    """
     hook = getattr(task.dataset.loader.obj, "kasrl_info", None)
     info: DatasetInfo | None = hook(**task.dataset.kwargs) if hook is not None else None
     key = json.dumps([task.network.target, task.network.kwargs, plain(task.placeholders.select), plain(info)], sort_keys=True,
@@ -533,17 +538,18 @@ def _check_network(task: Task) -> None:
     target = task.network.factory
     model = _probe_network(target, with_supplied(target, dict(task.network.kwargs), info.num_classes if info else 10,
                                                  info.in_channels if info else 3))
-    _check_module(target, model)
-    choose_layers(model, task.placeholders.select, field="task.placeholders.select", network=task.network.name, shapes_later=True)
+    _check_module(target, model, layers=info is not None)
+    if info is not None:
+        choose_layers(model, task.placeholders.select, field="task.placeholders.select", network=task.network.name, shapes_later=True)
     _NETWORK_CHECKED.add(key)
 
 
-def _check_module(target: Target, model: Any) -> None:
+def _check_module(target: Target, model: Any, layers: bool = True) -> None:
     from kasrl.placeholders import why_not_replaceable
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"`task.network.target`: {target.name} returned {type(model).__name__}, not a torch.nn.Module")
-    if not any(not why_not_replaceable(m) for m in model.modules()):
+    if layers and not any(not why_not_replaceable(m) for m in model.modules()):
         raise ConfigError(f"`task.network.target`: {target.name!r} has no shape-preserving 3x3 conv to replace (stride 1, C in = "
                           f"C out, groups 1, dilation 1, same padding)")
 
