@@ -1,9 +1,11 @@
 """Command line.
 
-* ``python -m kasrl show KERNEL.json [--shape CxHxW]``: source, cost and picture;
+* ``python -m kasrl show KERNEL.json [--shape CxHxW] [--task FILE]``: source, cost and picture;
 * ``python -m kasrl evaluate KERNEL.json [--task FILE] [--store DB]``: the full
   measured evaluation, every stage's outcome, latencies with spread, FLOPs,
   parameters, accuracy against the baseline and the reward;
+* ``python -m kasrl export RUN_DIR [--top K] [--out DIR]``: a run's best kernels as
+  standalone source, JSON and picture, with a note on using them (:mod:`kasrl.export`);
 * ``python -m kasrl confirm RUN_DIR [--top K] [--seeds S]``: retrain a run's best
   kernels over seeds, paired with the baseline; a leaderboard by confirmed reward.
 * ``python -m kasrl calibrate [--task T] [--out FILE] [--seconds S]``: measure
@@ -12,6 +14,10 @@
 * ``python -m kasrl predict KERNEL.json [--task T] [--profile FILE] [--measure]``:
   the kernel's predicted latency beside the replaced 3x3 convolution's at each
   of the task's placements (and, with ``--measure``, both measured).
+
+``show`` and ``evaluate`` re-solve a kernel's free sizes (the same graph, other
+sizes) for the placements they use when its stored sizes do not fit there, and say
+so in one line; where no legal sizes exist they refuse in one line.
 
 Every command prints one line naming what is wrong and exits with status 2 on
 bad input; nothing is written in that case.
@@ -34,6 +40,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _fit_sizes(graph, placements, budget, source: str, where: str):
+    """The kernel with sizes that fit ``placements``, printing one line when they were re-solved.
+
+    Raises:
+        KasrlError: in one line, when no legal sizes exist there.
+    """
+    from kasrl.errors import SolverInfeasible
+    from kasrl.placeholders import fit_kernel
+
+    try:
+        fitted, note = fit_kernel(graph, placements, budget)
+    except SolverInfeasible as e:
+        raise KasrlError(f"{source}: the kernel has no legal sizes at {where} ({', '.join(map(str, placements))}): {e}") from None
+    if note:
+        print(f"# {source}: {note}", flush=True)
+    return fitted
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from kasrl.analysis import cost_report
     from kasrl.codegen.draw import draw_kernel
@@ -42,15 +66,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from kasrl.ir.serialize import load_kernel
     from kasrl.solver.budget import parse_placements
 
-    (p,) = parse_placements(args.shape, "--shape")
+    shape = parse_placements(args.shape, "--shape")[0] if args.shape else None
     graph = load_kernel(args.kernel)
-    if graph.sizes is None:
-        raise KasrlError(f"{args.kernel}: the kernel has no solved sizes (`sizes` is missing)")
-    try:
-        for choice in graph.sizes.values():
-            choice.value(p.c)
-    except ValueError as e:
-        raise KasrlError(f"--shape {args.shape}: {e}") from None
+    if args.task:
+        from kasrl.eval.task_space import task_search_setup
+        from kasrl.tasks import load_task
+
+        task = load_task(args.task)
+        placements, budget, _ = task_search_setup(task, latency=False)  # sizes are fitted without the latency budget
+        where = f"task {task.name}'s placements" + (f" and --shape {shape}" if shape else "")
+        graph = _fit_sizes(graph, tuple(dict.fromkeys((*placements, *([shape] if shape else [])))), budget, args.kernel, where)
+        p = shape or placements[0]
+    else:
+        p = shape or parse_placements("64x56x56", "--shape")[0]
+        graph = _fit_sizes(graph, (p,), None, args.kernel, f"--shape {p}")
     h = kernel_hash(graph)
     print(kernel_source(graph, doc=f"kasrl kernel {short_id(h)}"))
     r = cost_report(graph, p)
@@ -67,15 +96,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from kasrl.eval.measured import MeasuredEvaluator
     from kasrl.eval.task_space import task_search_setup
     from kasrl.ir.serialize import load_kernel
-    from kasrl.solver.solve import SizeSolver
     from kasrl.store.sqlite import SQLiteStore
     from kasrl.tasks import load_task
 
     task = load_task(args.task)
     graph = load_kernel(args.kernel)
-    placements, budget, latency = task_search_setup(task)
-    if graph.sizes is None:
-        SizeSolver(placements, budget, latency=latency).solve(graph)
+    placements, budget, _ = task_search_setup(task, latency=False)  # sizes are fitted without the latency budget
+    graph = _fit_sizes(graph, placements, budget, args.kernel, f"task {task.name}'s placements")
     store = SQLiteStore(args.store) if args.store else None
     inner = MeasuredEvaluator(task, store, isolation="inline" if args.inline else "process", run_id="cli", strategy="cli")
     ev = CachedEvaluator(inner, store, "cli", "cli") if store is not None else inner
@@ -206,7 +233,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ProfileError(f"no latency profile for this device at {path}; run `python -m kasrl calibrate --task {args.task}` first")
     model = load_profile(path, expect=fp)
     if graph.sizes is None:
-        SizeSolver(legal_at, budget).solve(graph)
+        SizeSolver(legal_at, budget, latency=model).solve(graph)
     rows = []
     for p in placements:
         try:
@@ -236,13 +263,24 @@ def _measure(graph, p, spec, device: str):
                      spec.threads, quantile=spec.quantile, max_time_s=spec.max_time_s, target_spread=spec.target_spread)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kasrl.export import export_run
+
+    written = export_run(args.run_dir, args.top, args.out)
+    kernels = sum(1 for p in written if p.suffix == ".json")
+    print(f"exported {kernels} kernel{'s' * (kernels != 1)} to {written[-1].parent} "
+          f"(source, JSON, picture each; README.md: how to use them)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m kasrl`` argument parser."""
     parser = _Parser(prog="python -m kasrl", description="kasrl: kernel architecture search")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     show = sub.add_parser("show", help="print a kernel's source and cost, and draw it")
     show.add_argument("kernel", help="kernel JSON document")
-    show.add_argument("--shape", default="64x56x56", help="placement CxHxW for the cost (default 64x56x56)")
+    show.add_argument("--shape", default=None, help="placement CxHxW for the cost (default: the task's first, else 64x56x56)")
+    show.add_argument("--task", default=None, help="task name or YAML path: fit the kernel's sizes to its placements")
     show.add_argument("--picture", default=None, help="where to write the picture (.png or .svg; default next to the kernel)")
     show.set_defaults(run=_cmd_show)
     ev = sub.add_parser("evaluate", help="run the full measured evaluation of a kernel and print every stage")
@@ -272,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--profile", default=None, help="latency profile (default: this device's, see `calibrate`)")
     pr.add_argument("--measure", action="store_true", help="also measure both with the latency harness (time_pair)")
     pr.set_defaults(run=_cmd_predict)
+    ex = sub.add_parser("export", help="write a run's best kernels (source, JSON, picture) and a note on using them")
+    ex.add_argument("run_dir", help="a run folder (runs/<run name>)")
+    ex.add_argument("--top", type=int, default=None, help="how many of its best kernels (default: all it kept)")
+    ex.add_argument("--out", default=None, help="folder to write to (default RUN_DIR/export)")
+    ex.set_defaults(run=_cmd_export)
     return parser
 
 

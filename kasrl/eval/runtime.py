@@ -11,12 +11,13 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from kasrl.errors import KasrlError
 from kasrl.eval.locks import ComputeSlots
@@ -111,8 +112,8 @@ class TaskRuntime:
 
         if isinstance(task, str):
             task = load_task(task)
-        elif isinstance(task, dict):
-            task = task_from_dict(task)
+        elif isinstance(task, dict):  # sent by the driver, fallback already decided: use it as given, never switch here
+            task = task_from_dict(task, check_paths=False)
         self.task = task
         if device is None:
             device = resolve_device(self.task)
@@ -129,8 +130,10 @@ class TaskRuntime:
         self.input_shape = task_input_shape(self.task)
 
     def network(self, build: Callable[[Placement], nn.Module] | None = None, seed: int | None = None) -> nn.Module:
-        """A fresh task network (same initial weights for the same seed; default the
-        task's) with a kernel from ``build`` in every placeholder (the baseline when None)."""
+        """A fresh task network with a kernel from ``build`` in every placeholder (the baseline when None).
+
+        The same seed (default the task's) gives the same initial weights.
+        """
         task = self.task if seed is None else dataclasses.replace(self.task, seed=seed)
         torch.manual_seed(task.seed)
         model, _ = build_task_network(task)
@@ -182,10 +185,46 @@ def _schedule(opt: torch.optim.Optimizer, recipe, total: int):
     return None
 
 
-def _tensors(split) -> tuple:
-    if hasattr(split, "tensors"):
-        return split.tensors
-    return split
+def _in_memory(split) -> tuple | None:
+    """``(images, labels)`` of an in-memory split (a plain ``TensorDataset``, or a pair of tensors), else None."""
+    if type(split) is TensorDataset:
+        return split.tensors[0], split.tensors[1]
+    if isinstance(split, tuple) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
+        return split
+    return None
+
+
+def _train_batches(split, batch_size: int, gen: torch.Generator, workers: int) -> Iterator[tuple]:
+    """Training batches without end, epoch after epoch, in an order drawn from ``gen``.
+
+    In-memory tensors are indexed by a fresh ``randperm`` each epoch (the fast path,
+    drawn exactly as before DataLoaders were supported); any other dataset goes
+    through a ``DataLoader`` shuffled by the same generator (its workers seeded from it).
+    """
+    tensors = _in_memory(split)
+    if tensors is not None:
+        x, y = tensors
+        n = len(x)
+        while True:
+            order = torch.randperm(n, generator=gen)
+            for pos in range(math.ceil(n / batch_size)):
+                idx = order[pos * batch_size : (pos + 1) * batch_size]
+                yield x[idx], y[idx]
+    loader = DataLoader(split, batch_size=batch_size, shuffle=True, generator=gen, num_workers=workers)
+    while True:
+        for batch in loader:
+            yield batch[0], batch[1]
+
+
+def _test_batches(split, batch_size: int, workers: int) -> Iterator[tuple]:
+    tensors = _in_memory(split)
+    if tensors is not None:
+        x, y = tensors
+        for i in range(0, len(x), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    for batch in DataLoader(split, batch_size=batch_size, shuffle=False, num_workers=workers):
+        yield batch[0], batch[1]
 
 
 def _autocast(recipe, device: torch.device):
@@ -196,17 +235,17 @@ def _autocast(recipe, device: torch.device):
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int, slots: ComputeSlots,
-              recipe=None) -> float:
+def _accuracy(model: nn.Module, split, device: torch.device, batch: int, slots: ComputeSlots, recipe=None) -> float:
     model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
+    correct = total = 0
+    for x, y in _test_batches(split, batch, recipe.num_workers if recipe is not None else 0):
         with slots.step(), _autocast(recipe, device):
-            out = model(x[i : i + batch].to(device))
+            out = model(x.to(device))
         if not torch.isfinite(out).all():
             raise NumericsError("the network's test outputs are not finite")
-        correct += (out.argmax(1).cpu() == y[i : i + batch]).sum().item()
-    return 100.0 * correct / max(len(x), 1)
+        correct += (out.argmax(1).cpu() == torch.as_tensor(y)).sum().item()
+        total += len(y)
+    return 100.0 * correct / max(total, 1)
 
 
 def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | None = None, threads: int | None = None,
@@ -215,7 +254,10 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
 
     ``fraction`` < 1 trains for that fraction of the recipe's steps (the learning-rate
     schedule compressed to fit: a short run of the same recipe, the ladder's short
-    rung); ``seed`` orders the data (default the task's seed).
+    rung); ``seed`` orders the data (default the task's seed). In-memory tensors are
+    indexed directly; any other dataset (augmenting, larger than memory) is read
+    through a ``DataLoader`` shuffled by the same seeded generator, with
+    ``recipe.num_workers`` worker processes.
 
     Runs under ``torch.autocast`` when the recipe asks (``recipe.autocast``; fp16
     with a gradient scaler). Each step holds the device's timing lock shared
@@ -235,28 +277,24 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
     limit = min(x for x in (time_limit, recipe.max_train_seconds, math.inf) if x is not None)
     start = time.perf_counter()
     slots = ComputeSlots(device=device)  # each step holds the device's timing lock shared: a neighbour's timing never overlaps it
+    batches = None
     try:
         model.to(device).train()
         opt = _optimizer(model.parameters(), recipe)
         scaler = torch.amp.GradScaler(device.type) if recipe.autocast == "fp16" else None  # fp16 gradients underflow unscaled
-        x_train, y_train = _tensors(runtime.data.train)
-        x_test, y_test = _tensors(runtime.data.test)
-        n = len(x_train)
+        n = len(runtime.data.train[0]) if isinstance(runtime.data.train, tuple) else len(runtime.data.train)
         per_epoch = math.ceil(n / recipe.batch_size)
         total = max(1, int(round(recipe.epochs * per_epoch * fraction)))
         milestones = sorted((int(f * total), loss) for f, loss in recipe.loss_milestones)
         schedule = _schedule(opt, recipe, total)
         gen = torch.Generator().manual_seed(task.seed if seed is None else seed)
-        order = torch.randperm(n, generator=gen)
+        batches = _train_batches(runtime.data.train, recipe.batch_size, gen, recipe.num_workers)
         running = None
         pruned = ""
         step = 0
         for step in range(total):
-            pos = step % per_epoch
-            if pos == 0 and step:
-                order = torch.randperm(n, generator=gen)
-            idx = order[pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
-            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+            xb, yb = next(batches)
+            xb, yb = xb.to(device), torch.as_tensor(yb).to(device)
             with slots.step():
                 with _autocast(recipe, device):
                     loss = F.cross_entropy(model(xb), yb)
@@ -282,8 +320,11 @@ def train_and_test(runtime: TaskRuntime, model: nn.Module, time_limit: float | N
                 break
             if time.perf_counter() - start - slots.waited > limit:  # waiting for a neighbour's timing does not count
                 raise StageTimeout(f"training passed its limit of {limit:.0f} s at step {step + 1} of {total}")
-        acc = _accuracy(model, x_test, y_test, device, max(recipe.batch_size, 256), slots, recipe)
+        batches.close()  # DataLoader workers, if any, end here
+        acc = _accuracy(model, runtime.data.test, device, max(recipe.batch_size, 256), slots, recipe)
         return TrainOutcome(acc, float(running or 0.0), time.perf_counter() - start, step + 1, pruned)
     finally:
+        if batches is not None:
+            batches.close()
         slots.close()
         torch.set_num_threads(old_threads)

@@ -5,8 +5,9 @@
 ('small_cnn', 'digits')
 """
 
-from kasrl.tasks.data import DATASETS, DatasetSpec, DatasetSplits, load_dataset, read_idx, subset_indices
+from kasrl.tasks.data import DATASETS, DatasetInfo, DatasetSpec, DatasetSplits, dataset_info, load_dataset, read_idx, subset_indices
 from kasrl.tasks.networks import NETWORKS, BasicBlock, ResNet, SmallCNN, build_network, network_options
+from kasrl.tasks.targets import ALIASES, loader_hooks, resolve
 from kasrl.tasks.task import (
     LadderSpec,
     LatencySpec,
@@ -49,7 +50,9 @@ __all__ = [
     "resolve_device",
     "check_device_options",
     "DATASETS",
+    "DatasetInfo",
     "DatasetSplits",
+    "dataset_info",
     "load_dataset",
     "read_idx",
     "subset_indices",
@@ -59,4 +62,7 @@ __all__ = [
     "ResNet",
     "build_network",
     "network_options",
+    "ALIASES",
+    "loader_hooks",
+    "resolve",
 ]

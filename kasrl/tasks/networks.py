@@ -1,4 +1,10 @@
-"""Task networks, written in plain PyTorch (torchvision does not import here).
+"""kasrl's own task networks, written in plain PyTorch (torchvision does not import here).
+
+A task names its network by import path (``network.target``); the names below are
+aliases for the import paths of these factories (:data:`NETWORKS`, the registry of
+:mod:`kasrl.tasks.targets`), and a network of your own is named the same way
+(``mypkg.nets:tiny_cnn``). A factory's ``num_classes`` and ``in_channels`` come from
+the dataset when it takes them and the task does not set them.
 
 Every network keeps its shape-preserving 3x3 convolutions as
 ``nn.Conv2d(c, c, 3, padding=1, bias=False)`` so that
@@ -22,17 +28,16 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
-import difflib
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from kasrl.errors import ConfigError
+from kasrl.tasks.targets import ALIASES, Target, check_kwargs, parameters, resolve
 
-__all__ = ["SmallCNN", "ConvBNReLU", "BasicBlock", "ResNet", "NETWORKS", "build_network", "network_options"]
+__all__ = ["SmallCNN", "ConvBNReLU", "BasicBlock", "ResNet", "NETWORKS", "build_network", "network_options", "resnet18_cifar",
+           "resnet34_cifar", "resnet18_imagenet", "resnet34_imagenet"]
 
 
 class ConvBNReLU(nn.Module):
@@ -77,7 +82,7 @@ class SmallCNN(nn.Module):
         _check_positive("width", width)
         _check_positive("blocks", blocks)
         if stem_stride not in (1, 2):
-            raise ConfigError(f"`task.network.stem_stride` must be 1 or 2, got {stem_stride!r}")
+            raise ConfigError(f"`task.network.kwargs.stem_stride` must be 1 or 2, got {stem_stride!r}")
         c = width
         self.stem = ConvBNReLU(in_channels, c, stride=stem_stride)
         self.stage1 = nn.Sequential(*(ConvBNReLU(c, c) for _ in range(blocks)))
@@ -174,63 +179,74 @@ class ResNet(nn.Module):
 
 def _check_positive(field: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"`task.network.{field}` must be a positive integer, got {value!r}")
+        raise ConfigError(f"`task.network.kwargs.{field}` must be a positive integer, got {value!r}")
 
 
-def _resnet(layers: tuple[int, ...], imagenet_stem: bool) -> Callable[..., ResNet]:
-    def make(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:
-        return ResNet(layers, num_classes, in_channels, width, imagenet_stem)
-
-    return make
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:
+    """ResNet-18, CIFAR form (3x3 stem, no max-pool; 32x32 input)."""
+    return ResNet((2, 2, 2, 2), num_classes, in_channels, width, imagenet_stem=False)
 
 
-NETWORKS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": SmallCNN,
-    "resnet18_cifar": _resnet((2, 2, 2, 2), imagenet_stem=False),
-    "resnet34_cifar": _resnet((3, 4, 6, 3), imagenet_stem=False),
-    "resnet18_imagenet": _resnet((2, 2, 2, 2), imagenet_stem=True),
-    "resnet34_imagenet": _resnet((3, 4, 6, 3), imagenet_stem=True),
-}
-"""Network name -> constructor ``(num_classes, in_channels, **options) -> nn.Module``."""
+def resnet34_cifar(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:
+    """ResNet-34, CIFAR form (3x3 stem, no max-pool; 32x32 input)."""
+    return ResNet((3, 4, 6, 3), num_classes, in_channels, width, imagenet_stem=False)
 
 
-def _constructor(name: str) -> Callable[..., nn.Module]:
-    if name not in NETWORKS:
-        close = difflib.get_close_matches(str(name), NETWORKS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"`task.network.name`: unknown network {name!r}{hint}; known: {', '.join(sorted(NETWORKS))}")
-    return NETWORKS[name]
+def resnet18_imagenet(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:
+    """ResNet-18, ImageNet form (7x7 stride-2 stem and max-pool; 224x224 input)."""
+    return ResNet((2, 2, 2, 2), num_classes, in_channels, width, imagenet_stem=True)
+
+
+def resnet34_imagenet(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:
+    """ResNet-34, ImageNet form (7x7 stride-2 stem and max-pool; 224x224 input)."""
+    return ResNet((3, 4, 6, 3), num_classes, in_channels, width, imagenet_stem=True)
+
+
+NETWORKS: dict[str, str] = ALIASES["network"]
+"""Built-in network name -> import path of its factory ``(num_classes, in_channels, **options) -> nn.Module``."""
+
+#: Arguments kasrl passes to a factory that takes them (from the dataset), unless the task sets them.
+SUPPLIED = ("num_classes", "in_channels")
 
 
 def network_options(name: str) -> dict[str, Any]:
-    """The extra options network ``name`` takes, with their defaults.
+    """The options network ``name`` (a built-in name or an import path) takes, with their defaults.
 
     Raises:
-        ConfigError: when ``name`` is not in :data:`NETWORKS`.
+        ConfigError: when ``name`` does not resolve.
     """
-    params = inspect.signature(_constructor(name)).parameters
-    return {k: p.default for k, p in params.items() if k not in ("num_classes", "in_channels")}
+    params = parameters(resolve("network", name, "task.network.target").obj) or {}
+    return {k: d for k, d in params.items() if k not in SUPPLIED}
 
 
 def build_network(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
-    """Build a registered network.
+    """Build a network by built-in name or import path.
 
     Args:
-        name: a key of :data:`NETWORKS`.
-        num_classes: number of output classes.
-        in_channels: channels of the input image.
-        **kwargs: network options (see :func:`network_options`), e.g. ``width``.
+        name: a key of :data:`NETWORKS` or ``package.module:factory``.
+        num_classes: number of output classes (passed when the factory takes it and ``kwargs`` does not set it).
+        in_channels: channels of the input image (likewise).
+        **kwargs: the factory's options (see :func:`network_options`), e.g. ``width``.
 
     Returns:
         The network, in training mode.
 
     Raises:
-        ConfigError: for an unknown name or option, or a bad option value.
+        ConfigError: for an unknown name or option, a bad option value, or a factory that does not return an ``nn.Module``.
     """
-    known = network_options(name)
-    for key in kwargs:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            raise ConfigError(f"unknown key `task.network.{key}` for network {name!r}{hint}; known: {', '.join(known) or 'none'}")
-    return _constructor(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    target = resolve("network", name, "task.network.target")
+    check_kwargs(target, kwargs, "task.network.kwargs", "network", SUPPLIED)
+    model = target.obj(**with_supplied(target, kwargs, num_classes, in_channels))
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"`task.network.target`: {target.name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def with_supplied(target: Target, kwargs: dict, num_classes: int, in_channels: int) -> dict:
+    """``kwargs`` plus ``num_classes`` / ``in_channels`` where the factory takes them and ``kwargs`` does not set them."""
+    params = parameters(target.obj)
+    out = dict(kwargs)
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if key not in out and params is not None and key in params:
+            out[key] = value
+    return out

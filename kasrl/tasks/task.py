@@ -1,8 +1,24 @@
 """Tasks: the network, data, training recipe, latency setup, budget and reward of a search.
 
-A task is a YAML file under ``configs/tasks/`` loaded into nested frozen
-dataclasses; every section and key is checked when it is loaded, and errors
-name the dotted key (``task.recipe.lr``).
+A task is a YAML file (shipped ones in ``kasrl/configs/tasks/``) loaded into
+nested frozen dataclasses, typed by OmegaConf (:mod:`kasrl.tasks.structured`);
+errors name the dotted key (``task.recipe.lr``) in one line. Every field has a
+documented default, so a minimal task names just its network, data and
+placeholders::
+
+    network: {target: small_cnn}                       # or package.module:factory, with kwargs: {...}
+    dataset: {target: digits, kwargs: {resize: [28, 28]}, train_size: 1000}
+    placeholders: {select: all}                        # or [layer*.conv2, {channels: [64]}]
+
+The network and the data are named by import path (``target``) with their
+arguments (``kwargs``); kasrl's own are aliases (:mod:`kasrl.tasks.targets`).
+A ``fallback`` section (overrides of the task's sections) is loaded in its place
+when the dataset's files are absent, announced in one line on stderr; the loaded
+task then says so (``fallback_active``), so its fingerprint differs.
+
+The older layout (``network: {name: small_cnn, width: 32}``, ``dataset: {name:
+fashion_mnist, path: ..., resize: ...}``) still loads: ``name`` is ``target``, and
+a key that is an argument of the target goes into ``kwargs``.
 
 =============================  ===================================================
 ``load_task(path_or_name)``    YAML file or bare name -> :class:`Task`
@@ -30,8 +46,7 @@ import hashlib
 import json
 import math
 import re
-import types
-import typing
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +56,13 @@ import torch
 import torch.nn as nn
 import yaml
 
-from kasrl.errors import ConfigError, KasrlError
-from kasrl.placeholders import record_placements, replace_convs_with_placeholders
+from kasrl.errors import ConfigError, DatasetError, KasrlError
+from kasrl.placeholders import choose_layers, parse_select, record_placements, replace_convs_with_placeholders
 from kasrl.solver.budget import Budget, Placement, parse_placements
-from kasrl.tasks.data import DatasetSpec, check_dataset_files, dataset_info
-from kasrl.tasks.networks import network_options
+from kasrl.tasks.data import DatasetInfo, DatasetSpec, dataset_info, dataset_missing, prepare_target_section
+from kasrl.tasks.networks import SUPPLIED, with_supplied
+from kasrl.tasks.structured import Checked, build, deep_merge, nest, plain
+from kasrl.tasks.targets import Target, check_kwargs, parameters, resolve
 
 __all__ = [
     "Task",
@@ -81,178 +98,60 @@ TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "tasks"
 #    the synthetic dataset's fields enter the task, and GPU workers pin their device (before, a pool worker on cuda:i > 0
 #    timed host dispatch, not the GPU): GPU results of version 3 are not comparable and must not be reused.
 # 5: the ladder's settings (task.ladder) enter the task; its rungs key their own rows of the store.
+# (Still 5: the target/kwargs layout of network and dataset changed every digest without changing what a field means; a
+#  Fashion-MNIST task that fell back to digits now has its own digest, where before it shared the real task's.)
 FINGERPRINT_VERSION = 5
 """Bumped whenever the meaning of a task field changes, so old fingerprints stop matching."""
-
-
-# ------------------------------------------------------------------ type checking
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _type_name(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        return f"a list [{', '.join(_type_name(a) for a in args)}]"
-    if origin in (dict, Mapping):
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against type ``tp`` and return it in canonical form (floats, tuples)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return value if isinstance(value, tp) else _build(tp, value, key)
-    if origin is Literal:
-        if value in args and not isinstance(value, bool):
-            return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}{hint}")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"`{key}` must be {_type_name(tp)} of {len(args)} items, got {_describe(value)}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"`{key}` must be a mapping, got {_describe(value)}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
-        return value
-    raise ConfigError(f"`{key}` must be {_type_name(tp)}, got {_describe(value)}")
-
-
-#: Keys that once existed, with what replaces them (a plain "did you mean" would guess wrong).
-_REMOVED = {
-    "task.latency.min_time_s": "removed in task fingerprint version 3: use `time_s` (seconds each interleaved timing lasts at "
-    "least; the speed is read at `quantile` of per-call times, see kasrl/eval/latency.py)",
-}
-
-
-def _unknown_key(key: str, prefix: str, known: Sequence[str]) -> ConfigError:
-    if f"{prefix}.{key}" in _REMOVED:
-        return ConfigError(f"`{prefix}.{key}` was {_REMOVED[f'{prefix}.{key}']}")
-    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
-    hint = f"; did you mean `{close[0]}`?" if close else f"; known: {', '.join(known)}"
-    return ConfigError(f"unknown key `{prefix}.{key}`{hint}")
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from mapping ``data``, rejecting unknown keys."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"`{prefix}` must be a mapping, got {_describe(data)}")
-    if cls is NetworkSpec:
-        return _build_network(data, prefix)
-    known = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
-    for key in data:
-        if key not in known:
-            raise _unknown_key(key, prefix, known)
-    if cls is Budget:  # Budget checks its own values, naming `budget.<field>`; ints become floats for the fingerprint
-        floats = {k for k, tp in typing.get_type_hints(Budget).items() if tp is float}
-        return Budget(**{k: float(v) if k in floats and type(v) is int else v for k, v in data.items()})
-    if not issubclass(cls, _Checked):  # e.g. DatasetSpec, which only checks values itself
-        hints = typing.get_type_hints(cls)
-        data = {k: _convert(v, hints[k], f"{prefix}.{k}") for k, v in data.items()}
-    return cls(**dict(data))
-
-
-class _Checked:
-    """Mixin: converts and type-checks every field in ``__post_init__``, then runs ``_validate``."""
-
-    _prefix: ClassVar[str] = "task"
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            key = f"{self._prefix}.{f.name}"
-            object.__setattr__(self, f.name, _convert(self._normalise(f.name, getattr(self, f.name)), hints[f.name], key))
-        self._validate()
-
-    def _normalise(self, name: str, value: Any) -> Any:
-        return value
-
-    def _validate(self) -> None:
-        pass
-
-    def _require(self, name: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"`{self._prefix}.{name}` must be {what}, got {getattr(self, name)!r}")
 
 
 # ------------------------------------------------------------------ the sections
 
 
 @dataclass(frozen=True)
-class NetworkSpec:
-    """Which network to build (any extra YAML key is a constructor option, e.g. ``width``)."""
+class NetworkSpec(Checked):
+    """Which network to build: a factory and its arguments."""
 
-    name: str = "small_cnn"
-    """Network name, a key of :data:`kasrl.tasks.networks.NETWORKS`."""
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """Constructor options (``width``: channels of the first stage, ...); unset ones keep their defaults."""
+    _prefix: ClassVar[str] = "task.network"
+    target: str = "small_cnn"
+    """The factory: a built-in name (:data:`kasrl.tasks.networks.NETWORKS`) or an import path ``package.module:factory``
+    returning an ``nn.Module``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """The factory's arguments (``width``...); ``num_classes`` and ``in_channels`` come from the dataset when the factory
+    takes them and they are not set here."""
 
-    def __post_init__(self) -> None:
-        name = _convert(self.name, str, "task.network.name")
-        known = network_options(name)
-        options = {}
-        for key, value in dict(self.options).items():
-            if key not in known:
-                raise _unknown_key(key, "task.network", ["name", *known])
-            default = known[key]
-            tp = type(default) if isinstance(default, (bool, int, float, str)) else Any
-            options[key] = _convert(value, tp, f"task.network.{key}")
-        object.__setattr__(self, "options", options)
+    @classmethod
+    def _prepare(cls, data: dict, prefix: str) -> dict:
+        return prepare_target_section(data, prefix, "network", ("target", "kwargs"), SUPPLIED)
 
+    def _validate(self) -> None:
+        check_kwargs(self.factory, self.kwargs, f"{self._prefix}.kwargs", "network", SUPPLIED)
 
-def _build_network(data: Mapping, prefix: str) -> NetworkSpec:
-    data = dict(data)
-    return NetworkSpec(name=data.pop("name", NetworkSpec.name), options=data)
+    @property
+    def factory(self) -> Target:
+        """The resolved factory (imported)."""
+        return resolve("network", self.target, f"{self._prefix}.target")
+
+    @property
+    def name(self) -> str:
+        """The built-in name of the factory, or its import path."""
+        return self.factory.name
 
 
 @dataclass(frozen=True)
-class PlaceholderSpec(_Checked):
+class PlaceholderSpec(Checked):
     """Which 3x3 convolutions become placeholders for the searched kernel."""
 
     _prefix: ClassVar[str] = "task.placeholders"
-    select: Literal["all"] | tuple[str, ...] = "all"
-    """``all`` shape-preserving 3x3 convs, or a list of dotted layer names (``layer1.0.conv2``)."""
+    select: Any = "all"
+    """``all`` shape-preserving 3x3 convs, or a list of dotted layer names and ``fnmatch`` patterns (``layer*.conv2``) and
+    shape filters (``{channels: [64, 128]}``, ``{placements: [64x56x56]}``), unioned; see :mod:`kasrl.placeholders`."""
 
     def _validate(self) -> None:
-        self._require("select", self.select == "all" or len(self.select) > 0, "'all' or a non-empty list of layer names")
+        object.__setattr__(self, "select", parse_select(self.select, f"{self._prefix}.select"))
 
 
 @dataclass(frozen=True)
-class Recipe(_Checked):
+class Recipe(Checked):
     """How candidate networks are trained (the short proxy recipe)."""
 
     _prefix: ClassVar[str] = "task.recipe"
@@ -276,13 +175,24 @@ class Recipe(_Checked):
     """``[fraction_of_training, max_loss]`` pairs: prune a run whose loss is above ``max_loss`` then."""
     autocast: Literal["bf16", "fp16"] | None = None
     """Train and test under ``torch.autocast`` at this dtype (``fp16`` with a gradient scaler, CUDA only); None: fp32."""
+    num_workers: int = 0
+    """DataLoader worker processes for data that are not in-memory tensors (augmenting datasets, data larger than
+    memory); 0 loads in the training process. In-memory ``TensorDataset`` splits are indexed directly and ignore it."""
 
     def _validate(self) -> None:
+        milestones = []
+        for i, item in enumerate(self.loss_milestones):
+            if (not isinstance(item, (list, tuple)) or len(item) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item)):
+                raise ConfigError(f"`task.recipe.loss_milestones[{i}]` must be a list [fraction, max_loss] of numbers, got {item!r}")
+            milestones.append((float(item[0]), float(item[1])))
+        object.__setattr__(self, "loss_milestones", tuple(milestones))
         self._require("epochs", self.epochs > 0, "a positive number of epochs")
         self._require("batch_size", self.batch_size >= 1, "a positive integer")
         self._require("lr", self.lr > 0, "a positive number")
         self._require("momentum", 0 <= self.momentum < 1, "in [0, 1)")
         self._require("weight_decay", self.weight_decay >= 0, "a non-negative number")
+        self._require("num_workers", self.num_workers >= 0, "a non-negative integer")
         self._require(
             "max_train_seconds", self.max_train_seconds is None or self.max_train_seconds > 0, "a positive number of seconds or null"
         )
@@ -296,7 +206,7 @@ class Recipe(_Checked):
 
 
 @dataclass(frozen=True)
-class LatencySpec(_Checked):
+class LatencySpec(Checked):
     """How latency is measured."""
 
     _prefix: ClassVar[str] = "task.latency"
@@ -341,10 +251,16 @@ class LatencySpec(_Checked):
         """``max_time_s``, or 3 x ``time_s`` when it is None (as in :func:`kasrl.eval.latency.time_pair`)."""
         return self.max_time_s if self.max_time_s is not None else 3 * self.time_s
 
-    def _normalise(self, name: str, value: Any) -> Any:
-        if name == "placements" and isinstance(value, str):
-            return [t for t in value.split(",") if t.strip()]
-        return value
+    _removed: ClassVar[Mapping[str, str]] = {
+        "task.latency.min_time_s": "removed in task fingerprint version 3: use `time_s` (seconds each interleaved timing lasts at "
+        "least; the speed is read at `quantile` of per-call times, see kasrl/eval/latency.py)",
+    }
+
+    @classmethod
+    def _prepare(cls, data: dict, prefix: str) -> dict:
+        if isinstance(data.get("placements"), str):  # "64x56x56,128x28x28", as on a command line
+            data["placements"] = [t for t in data["placements"].split(",") if t.strip()]
+        return data
 
     def _validate(self) -> None:
         self._require("batch", self.batch >= 1, "a positive integer")
@@ -369,7 +285,7 @@ class LatencySpec(_Checked):
 
 
 @dataclass(frozen=True)
-class Penalties(_Checked):
+class Penalties(Checked):
     """Reward given to a kernel whose evaluation fails, by cause (all <= 0)."""
 
     _prefix: ClassVar[str] = "task.reward.penalties"
@@ -398,7 +314,7 @@ class Penalties(_Checked):
 
 
 @dataclass(frozen=True)
-class RewardSpec(_Checked):
+class RewardSpec(Checked):
     """How speed and accuracy turn into one reward."""
 
     _prefix: ClassVar[str] = "task.reward"
@@ -431,7 +347,7 @@ LADDER_RUNGS = ("predict", "screen", "precise", "short", "full")
 
 
 @dataclass(frozen=True)
-class LadderSpec(_Checked):
+class LadderSpec(Checked):
     """The multi-fidelity ladder: cheap rungs first, more only for kernels that can still win."""
 
     _prefix: ClassVar[str] = "task.ladder"
@@ -477,7 +393,7 @@ class LadderSpec(_Checked):
 
 
 @dataclass(frozen=True)
-class TimeoutSpec(_Checked):
+class TimeoutSpec(Checked):
     """Hard wall-clock limits per evaluation stage; past one, the evaluation is a ``timeout``."""
 
     _prefix: ClassVar[str] = "task.timeouts"
@@ -496,27 +412,27 @@ class TimeoutSpec(_Checked):
 
 
 @dataclass(frozen=True)
-class Task(_Checked):
+class Task(Checked):
     """One search problem: where kernels go, how they are trained, timed, budgeted and rewarded.
 
     ``fingerprint`` identifies everything that changes an evaluation's result
-    (all fields but ``name`` and ``description``); ``to_dict()`` gives back
-    the plain data ``task_from_dict`` reads.
+    (all fields but ``name``, ``description`` and ``fallback``); ``to_dict()``
+    gives back the plain data ``task_from_dict`` reads.
     """
 
     _prefix: ClassVar[str] = "task"
     name: str
-    """Task name (usually the YAML file's stem)."""
+    """Task name (``load_task``: the YAML file's stem unless the file sets it)."""
     description: str = ""
     """Free text for people; not part of the fingerprint."""
     seed: int = 0
     """Seed for weight initialisation and training."""
     network: NetworkSpec = field(default_factory=NetworkSpec)
-    """The network whose convolutions are replaced."""
+    """The network whose convolutions are replaced (default ``small_cnn``)."""
     placeholders: PlaceholderSpec = field(default_factory=PlaceholderSpec)
-    """Which convolutions are replaced."""
+    """Which convolutions are replaced (default all shape-preserving 3x3 convs)."""
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
-    """Training and test data."""
+    """Training and test data (default ``fashion_mnist``, all of it)."""
     recipe: Recipe = field(default_factory=Recipe)
     """Proxy training recipe."""
     latency: LatencySpec = field(default_factory=LatencySpec)
@@ -531,6 +447,16 @@ class Task(_Checked):
     """Hard limits per evaluation stage."""
     ladder: LadderSpec = field(default_factory=LadderSpec)
     """The multi-fidelity ladder (off unless it names rungs)."""
+    fallback: dict[str, Any] | None = None
+    """What to load instead when the dataset's files are absent: sections over this task's (``dataset`` replaces the
+    dataset section whole; the others, e.g. ``recipe``, are merged key by key); None: a missing file is an error.
+    Not part of the fingerprint (the loaded fallback task is, with ``fallback_active``)."""
+    fallback_active: bool = False
+    """True when this task is its fallback, loaded because the dataset's files were absent."""
+
+    @classmethod
+    def _prepare(cls, data: dict, prefix: str) -> dict:
+        return _legacy_fallback(data)
 
     def _validate(self) -> None:
         limit = self.recipe.max_train_seconds
@@ -538,26 +464,36 @@ class Task(_Checked):
             raise ConfigError(f"`task.recipe.max_train_seconds` ({limit:g}) exceeds `task.timeouts.train_s` ({self.timeouts.train_s:g})")
         if self.device == "cpu":
             check_device_options(self, "cpu")
+        _check_network(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-ready data (lists, not tuples) that :func:`task_from_dict` reads back."""
-        return _plain(self)
+        return plain(self)
 
     @property
     def fingerprint(self) -> str:
         """Sha256 hex digest of everything that changes an evaluation's result.
 
-        Leaves out ``name``, ``description``, ``dataset.path`` (where the
-        files are, not what they are) and the latency model's settings
-        (``budget.latency``, ``latency.profile``, ``calibrate_s``, ``refine``:
-        they decide which kernels are drawn, not what a kernel measures). It
-        cannot see a Fashion-MNIST fallback to digits: pair it with
-        :attr:`DatasetSplits.source` where that matters.
+        Leaves out ``name``, ``description``, ``fallback`` (what would be loaded
+        instead; the loaded fallback task has ``fallback_active`` and its own
+        dataset and recipe), the loader arguments that only say where files
+        are (``dataset.kwargs.path`` of the built-in loaders) and the latency
+        model's settings (``budget.latency``, ``latency.profile``,
+        ``calibrate_s``, ``refine``: they decide which kernels are drawn, not
+        what a kernel measures). Targets are compared by import path, so an
+        alias and its path give one digest, and an argument set to its default
+        counts as left out.
         """
         data = self.to_dict()
-        for key in ("name", "description"):
+        for key in ("name", "description", "fallback"):
             data.pop(key)
-        data["dataset"].pop("path")
+        for section, target in (("network", self.network.factory), ("dataset", self.dataset.loader)):
+            data[section]["target"] = target.path
+            defaults = parameters(target.obj) or {}
+            kwargs = data[section]["kwargs"]
+            where = getattr(target.obj, "kasrl_location", ())
+            for key in [k for k, v in kwargs.items() if (k in defaults and defaults[k] == v) or k in where]:
+                del kwargs[key]  # an argument at its default, or one saying where files are: the same result either way
         for key in ("profile", "calibrate_s", "refine"):  # which latency model shapes the search, not what a kernel measures
             data["latency"].pop(key)
         data["budget"].pop("latency")
@@ -566,16 +502,72 @@ class Task(_Checked):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, NetworkSpec):
-        return {"name": obj.name, **_plain(dict(obj.options))}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    return obj
+#: Items in each split of scikit-learn's digits as the ``digits`` loader splits them (the older layout's fallback caps sizes there).
+_DIGITS_SPLITS = {"train_size": 1438, "test_size": 359}
+
+
+def _legacy_fallback(data: dict) -> dict:
+    """A task in the older layout asking for Fashion-MNIST without a path fell back to digits on its own: keep that."""
+    ds = data.get("dataset")
+    if not (isinstance(ds, Mapping) and ds.get("name") == "fashion_mnist" and "target" not in ds and not ds.get("path")
+            and "fallback" not in data):
+        return data
+    resize = list(ds.get("resize") or (28, 28))
+    sizes = {k: min(ds[k], n) if isinstance(ds.get(k), int) else None for k, n in _DIGITS_SPLITS.items()}
+    data = dict(data)
+    data["fallback"] = {"description": f"scikit-learn digits resized to {resize[0]}x{resize[1]} (older task layout: same recipe)",
+                        "dataset": {"target": "digits", "kwargs": {"resize": resize}, **sizes, "seed": ds.get("seed", 0)}}
+    return data
+
+
+_NETWORK_CHECKED: set = set()
+
+
+def _probe_network(target: Target, kwargs: dict) -> Any:
+    """Build the network without spending memory (on the meta device; on the CPU if the factory cannot)."""
+    for device in ("meta", "cpu"):
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device(device):
+                return target.obj(**kwargs)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a factory's own error, in one line
+            if device == "cpu":
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise ConfigError(f"`task.network.kwargs`: {target.name}(**{kwargs}) raised {type(e).__name__}: {first}") from None
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def _check_network(task: Task) -> None:
+    """Check at load that the factory returns an ``nn.Module``, and what else can be known without the data.
+
+    With the data's shape known without loading them (the loader's ``info`` hook: kasrl's own loaders have one), also
+    that the network has a shape-preserving 3x3 conv and that ``select`` matches; which convs preserve the shape can
+    depend on ``in_channels``, so otherwise :func:`build_task_network` checks that.
+    """
+    hook = getattr(task.dataset.loader.obj, "kasrl_info", None)
+    info: DatasetInfo | None = hook(**task.dataset.kwargs) if hook is not None else None
+    key = json.dumps([task.network.target, task.network.kwargs, plain(task.placeholders.select), plain(info)], sort_keys=True,
+                     default=str)
+    if key in _NETWORK_CHECKED:
+        return
+    target = task.network.factory
+    model = _probe_network(target, with_supplied(target, dict(task.network.kwargs), info.num_classes if info else 10,
+                                                 info.in_channels if info else 3))
+    _check_module(target, model, layers=info is not None)
+    if info is not None:
+        choose_layers(model, task.placeholders.select, field="task.placeholders.select", network=task.network.name, shapes_later=True)
+    _NETWORK_CHECKED.add(key)
+
+
+def _check_module(target: Target, model: Any, layers: bool = True) -> None:
+    from kasrl.placeholders import why_not_replaceable
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"`task.network.target`: {target.name} returned {type(model).__name__}, not a torch.nn.Module")
+    if layers and not any(not why_not_replaceable(m) for m in model.modules()):
+        raise ConfigError(f"`task.network.target`: {target.name!r} has no shape-preserving 3x3 conv to replace (stride 1, C in = "
+                          f"C out, groups 1, dilation 1, same padding)")
 
 
 # ------------------------------------------------------------------ loading
@@ -623,39 +615,78 @@ def _resolve(path_or_name: str | Path) -> Path:
     return path
 
 
-def _apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
-    data = copy.deepcopy(data)
-    for dotted, value in overrides.items():
-        parts = dotted.removeprefix("task.").split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override `{dotted}`: `task.{'.'.join(parts[: i + 1])}` is not a section")
-        node[parts[-1]] = value
-    return data
+def _target_names(data: Mapping) -> dict:
+    """``network.name`` / ``dataset.name`` (the older layout) as ``target``, so overrides in either layout meet."""
+    out = dict(data)
+    for section in ("network", "dataset"):
+        value = out.get(section)
+        if isinstance(value, Mapping) and "name" in value and "target" not in value:
+            value = dict(value)
+            value["target"] = value.pop("name")
+            out[section] = value
+    return out
+
+
+def _fallback_task(task: Task) -> Task:
+    """``task`` with its ``fallback`` sections loaded over it (``fallback_active``)."""
+    sections = dict(task.fallback or {})
+    dataset = sections.pop("dataset", None)
+    data = deep_merge(task.to_dict(), _target_names(sections))
+    if dataset is not None:
+        data["dataset"] = dataset
+    data["fallback_active"] = True
+    try:
+        return build(Task, data, "task")
+    except (ConfigError, DatasetError) as e:
+        raise type(e)(f"`task.fallback`: {e}") from None
+
+
+_ANNOUNCED: set = set()
+
+
+def _announce(task: Task, reason: str, fallback: Task) -> None:
+    """One line on stderr (once per process and task) saying that the fallback is loaded, and why."""
+    what = fallback.description or f"dataset {fallback.dataset.name} {fallback.dataset.kwargs}"
+    line = f"kasrl: task {task.name}: {reason.split(';')[0]}; loading its fallback instead (task.fallback): {what}"
+    if line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        print(line, file=sys.stderr, flush=True)
 
 
 def task_from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, check_paths: bool = True) -> Task:
     """Build and validate a task from plain data.
 
     Args:
-        data: the task's sections, as in a task YAML file.
-        overrides: dotted keys to set first, e.g. ``{"dataset.path": "/data/cifar"}``.
-        check_paths: check that the dataset's files are there.
+        data: the task's sections, as in a task YAML file (either layout).
+        overrides: values to set first: dotted keys (``{"recipe.lr": 0.1}``, a ``task.`` prefix
+            allowed) or nested mappings (``{"recipe": {"lr": 0.1}}``).
+        check_paths: check that the dataset's files are there; when they are absent and the
+            task has a ``fallback``, load that instead (announced in one line on stderr).
+            Workers rebuilding a task they were sent pass False: they use the task as given.
 
     Raises:
         ConfigError: naming the dotted key of an unknown key or a bad value.
-        DatasetError: naming the dataset folder when its files are missing.
+        DatasetError: naming the key and the folder when the files are missing (and there is no fallback).
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"a task must be a mapping of sections, got {_describe(data)}")
-    data = _apply_overrides(dict(data), overrides or {})
+        raise ConfigError(f"a task must be a mapping of sections, got {data!r} ({type(data).__name__})")
+    data = _target_names(_legacy_fallback(dict(data)))
+    data = deep_merge(data, _target_names(nest(overrides or {}, drop_prefix="task.")))
     if "name" not in data:
         raise ConfigError("missing key `task.name`")
-    task = _build(Task, data, "task")
+    task = build(Task, data, "task")
+    if task.fallback is None or task.fallback_active:
+        if check_paths and not task.fallback_active:
+            reason = dataset_missing(task.dataset)
+            if reason:
+                raise DatasetError(reason)
+        return task
+    fallback = _fallback_task(task)  # checked at load even when the files are there
     if check_paths:
-        check_dataset_files(task.dataset)
+        reason = dataset_missing(task.dataset)
+        if reason:
+            _announce(task, reason, fallback)
+            return fallback
     return task
 
 
@@ -691,41 +722,31 @@ def task_input_shape(task: Task) -> tuple[int, int, int]:
 def build_task_network(task: Task) -> tuple[nn.Module, list[str]]:
     """Build the task's network, seeded by ``task.seed``, with placeholders in the selected convs.
 
-    The global RNG is left untouched. Until filled, each placeholder computes
-    the conv it replaced, so the model is the baseline network.
+    ``num_classes`` and ``in_channels`` come from the dataset when the factory takes
+    them and ``network.kwargs`` does not set them. The global RNG is left untouched.
+    Until filled, each placeholder computes the conv it replaced, so the model is the
+    baseline network.
 
     Returns:
         The model and the dotted names of its placeholders, in module order.
 
     Raises:
-        ConfigError: when ``placeholders.select`` names a layer that is not a
-            shape-preserving 3x3 conv, or the network has none.
+        ConfigError: when the factory does not return an ``nn.Module``, or
+            ``placeholders.select`` names a layer that is not a shape-preserving
+            3x3 conv or selects nothing.
     """
-    from kasrl.tasks.networks import build_network
-
     info = dataset_info(task.dataset)
+    target = task.network.factory
+    kwargs = with_supplied(target, dict(task.network.kwargs), info.num_classes, info.in_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(task.seed)
-        model = build_network(task.network.name, info.num_classes, info.in_channels, **task.network.options)
+        model = target.obj(**kwargs)
+    _check_module(target, model)
     select = task.placeholders.select
-    wanted = None if select == "all" else set(select)
-    replaceable: list[str] = []
-
-    def choose(name: str, conv: nn.Module) -> bool:
-        replaceable.append(name)
-        return wanted is None or name in wanted
-
-    names = replace_convs_with_placeholders(model, choose)
-    for name in [] if wanted is None else select:
-        if name not in names:
-            close = difflib.get_close_matches(name, replaceable, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"`task.placeholders.select`: {name!r} is not a shape-preserving 3x3 conv of {task.network.name!r}{hint}; "
-                f"replaceable: {', '.join(replaceable) or 'none'}"
-            )
-    if not names:
-        raise ConfigError(f"`task.network.name`: {task.network.name!r} has no shape-preserving 3x3 conv to replace")
+    needs_shapes = select != "all" and any(isinstance(e, Mapping) and "placements" in e for e in select)
+    example = torch.zeros(1, info.in_channels, *info.image_size) if needs_shapes else None
+    chosen = set(choose_layers(model, select, field="task.placeholders.select", network=task.network.name, example=example))
+    names = replace_convs_with_placeholders(model, lambda name, conv: name in chosen)
     return model, names
 
 

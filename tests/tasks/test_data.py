@@ -1,12 +1,9 @@
-"""Task datasets: IDX parsing, the digits fallback, CIFAR binaries, subsets."""
+"""Task datasets: IDX parsing, CIFAR binaries, synthetic data, subsets of any dataset, loaders that return the wrong thing."""
 
 from __future__ import annotations
 
 import gzip
 import re
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -63,19 +60,19 @@ def test_default_fashion_mnist_loads_from_debian():
 @pytest.mark.parametrize("gz", [False, True])
 def test_reads_raw_and_gzipped_idx_from_an_explicit_path(tmp_path, gz):
     _write_fashion(tmp_path, gz=gz)
-    splits = load_dataset(DatasetSpec("fashion_mnist", path=str(tmp_path)))
+    splits = load_dataset(DatasetSpec("fashion_mnist", {"path": str(tmp_path)}))
     assert len(splits.train) == 30 and len(splits.test) == 20 and str(tmp_path) in splits.source
 
 
 def test_finds_a_torchvision_style_root(tmp_path):
     _write_fashion(tmp_path / "FashionMNIST" / "raw")
-    splits = load_dataset(DatasetSpec("fashion_mnist", path=str(tmp_path), train_size=5))
+    splits = load_dataset(DatasetSpec("fashion_mnist", {"path": str(tmp_path)}, train_size=5))
     assert "FashionMNIST/raw" in splits.source and len(splits.train) == 5
 
 
 def test_normalises_and_resizes(tmp_path):
     _write_fashion(tmp_path)
-    splits = load_dataset(DatasetSpec("fashion_mnist", path=str(tmp_path), resize=(14, 14)))
+    splits = load_dataset(DatasetSpec("fashion_mnist", {"path": str(tmp_path), "resize": [14, 14]}))
     x = splits.train.tensors[0]
     assert x.shape == (30, 1, 14, 14) and splits.image_size == (14, 14)
     expected = (3 / 255 - 0.2860) / 0.3530  # image 3 is filled with 3, resizing keeps constants
@@ -105,34 +102,21 @@ def test_bad_magic_number_is_named(tmp_path):
 
 def test_explicit_missing_path_errors_without_fallback(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(DatasetError, match=re.escape(f"`task.dataset.path`: folder {missing} does not exist")):
-        load_dataset(DatasetSpec("fashion_mnist", path=str(missing)))
+    with pytest.raises(DatasetError, match=re.escape(f"`task.dataset.kwargs.path`: folder {missing} does not exist")):
+        load_dataset(DatasetSpec("fashion_mnist", {"path": str(missing)}))
 
 
 def test_explicit_empty_folder_errors(tmp_path):
-    with pytest.raises(DatasetError, match=re.escape(f"`task.dataset.path`: no Fashion-MNIST IDX files in {tmp_path}")):
-        load_dataset(DatasetSpec("fashion_mnist", path=str(tmp_path)))
+    with pytest.raises(DatasetError, match=re.escape(f"`task.dataset.kwargs.path`: no Fashion-MNIST IDX files in {tmp_path}")):
+        load_dataset(DatasetSpec("fashion_mnist", {"path": str(tmp_path)}))
 
 
-def test_fallback_to_digits_is_announced_in_one_stderr_line(tmp_path):
-    script = textwrap.dedent(f"""
-        from pathlib import Path
-        from kasrl.tasks import data
-        data.DEBIAN_FASHION_MNIST = Path({str(tmp_path / "absent")!r})
-        s = data.load_dataset(data.DatasetSpec("fashion_mnist", train_size=5000, test_size=100))
-        print(s.name, len(s.train), len(s.test), tuple(s.train.tensors[0].shape[1:]))
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["digits", "1438", "100", "(1,", "28,", "28)"]  # sizes capped at what digits has
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Fashion-MNIST not found" in lines[0] and "digits resized to 28x28" in lines[0]
-
-
-def test_fallback_source_says_so(tmp_path, monkeypatch):
+def test_absent_debian_files_are_an_error_at_the_dataset_level(tmp_path, monkeypatch):
+    """The loader itself never falls back: the task's ``fallback`` does (tests/tasks/test_fallback.py)."""
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
-    splits = load_dataset(DatasetSpec("fashion_mnist", train_size=10, test_size=10))
-    assert splits.name == "digits" and "Fashion-MNIST not found" in splits.source
+    with pytest.raises(DatasetError, match=re.escape(f"Fashion-MNIST not found in {tmp_path / 'absent'}")):
+        load_dataset(DatasetSpec("fashion_mnist", train_size=10, test_size=10))
+    assert "Fashion-MNIST not found" in data.dataset_missing(DatasetSpec("fashion_mnist"))
 
 
 def test_digits_sizes_larger_than_the_split_fail():
@@ -167,7 +151,7 @@ def _write_cifar(folder, files, label_bytes, n=4):
 
 def test_cifar10_binary(tmp_path):
     _write_cifar(tmp_path / "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"], 1)
-    splits = load_dataset(DatasetSpec("cifar10", path=str(tmp_path)))
+    splits = load_dataset(DatasetSpec("cifar10", {"path": str(tmp_path)}))
     x, y = splits.train.tensors
     assert x.shape == (20, 3, 32, 32) and y[:4].tolist() == [3, 4, 5, 6] and len(splits.test) == 4
     assert splits.in_channels == 3 and splits.num_classes == 10
@@ -175,7 +159,7 @@ def test_cifar10_binary(tmp_path):
 
 def test_cifar100_binary_uses_fine_labels(tmp_path):
     _write_cifar(tmp_path, ["train.bin", "test.bin"], 2)
-    splits = load_dataset(DatasetSpec("cifar100", path=str(tmp_path)))
+    splits = load_dataset(DatasetSpec("cifar100", {"path": str(tmp_path)}))
     assert splits.train.tensors[1].tolist() == [3, 4, 5, 6] and splits.num_classes == 100
 
 
@@ -183,30 +167,31 @@ def test_truncated_cifar_file_is_named(tmp_path):
     _write_cifar(tmp_path, ["train.bin", "test.bin"], 2)
     (tmp_path / "test.bin").write_bytes(bytes(3000))
     with pytest.raises(DatasetError, match=re.escape(f"{tmp_path / 'test.bin'} is truncated or not a CIFAR binary file")):
-        load_dataset(DatasetSpec("cifar100", path=str(tmp_path)))
+        load_dataset(DatasetSpec("cifar100", {"path": str(tmp_path)}))
 
 
 def test_cifar_needs_a_path():
-    with pytest.raises(ConfigError, match=re.escape("`task.dataset.path` is required for 'cifar10'")):
+    with pytest.raises(ConfigError, match=re.escape("`task.dataset.kwargs.path` is required for 'cifar10'")):
         DatasetSpec("cifar10")
 
 
 def test_unknown_dataset_suggests():
-    with pytest.raises(ConfigError, match=re.escape("`task.dataset.name`: unknown dataset 'fashion-mnist'; did you mean 'fashion_mnist'?")):
+    with pytest.raises(ConfigError, match=re.escape("`task.dataset.target`: 'fashion-mnist' is neither a built-in dataset (") ) as e:
         DatasetSpec("fashion-mnist")
+    assert str(e.value).endswith("nor an import path 'package.module:loader'; did you mean 'fashion_mnist'?")
 
 
 # -- synthetic data ------------------------------------------------------------------------------------
 def test_synthetic_data_is_random_images_of_the_given_shape_seeded():
     """Synthetic data has the asked shape and classes and follows its seed."""
-    spec = DatasetSpec("synthetic", train_size=40, test_size=10, image_shape=(3, 16, 12), num_classes=5, seed=3)
+    spec = DatasetSpec("synthetic", {"image_shape": [3, 16, 12], "num_classes": 5}, train_size=40, test_size=10, seed=3)
     a, b = load_dataset(spec), load_dataset(spec)
     x, y = a.train.tensors
     assert x.shape == (40, 3, 16, 12) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert a.test.tensors[0].shape == (10, 3, 16, 12) and int(y.min()) >= 0 and int(y.max()) < 5
     assert (a.num_classes, a.in_channels, a.image_size, a.name) == (5, 3, (16, 12), "synthetic")
     assert torch.equal(x, b.train.tensors[0]) and torch.equal(y, b.train.tensors[1])  # seeded
-    other = load_dataset(DatasetSpec("synthetic", train_size=40, test_size=10, image_shape=(3, 16, 12), num_classes=5, seed=4))
+    other = load_dataset(DatasetSpec("synthetic", {"image_shape": [3, 16, 12], "num_classes": 5}, train_size=40, test_size=10, seed=4))
     assert not torch.equal(x, other.train.tensors[0])
     assert "no signal" in a.source and abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1
 
@@ -215,18 +200,18 @@ def test_synthetic_defaults_and_resize():
     """Synthetic defaults: 1024/256 images of 3x32x32, 10 classes; resize applies."""
     splits = load_dataset(DatasetSpec("synthetic"))
     assert splits.train.tensors[0].shape == (1024, 3, 32, 32) and len(splits.test) == 256 and splits.num_classes == 10
-    small = load_dataset(DatasetSpec("synthetic", train_size=4, test_size=2, resize=(8, 8)))
-    assert small.image_size == (8, 8) and data.dataset_info(DatasetSpec("synthetic", resize=(8, 8))).image_size == (8, 8)
-    assert data.dataset_info(DatasetSpec("synthetic", image_shape=(1, 28, 28), num_classes=3)).in_channels == 1
+    small = load_dataset(DatasetSpec("synthetic", {"resize": [8, 8]}, train_size=4, test_size=2))
+    assert small.image_size == (8, 8) and data.dataset_info(DatasetSpec("synthetic", {"resize": [8, 8]})).image_size == (8, 8)
+    assert data.dataset_info(DatasetSpec("synthetic", {"image_shape": [1, 28, 28], "num_classes": 3})).in_channels == 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"name": "digits", "num_classes": 4}, "`task.dataset.num_classes` is only for the 'synthetic' dataset, not 'digits'"),
-    ({"name": "synthetic", "image_shape": (3, 32)}, "`task.dataset.image_shape` must be [channels, height, width], all at least 1"),
-    ({"name": "synthetic", "image_shape": (0, 32, 32)}, "`task.dataset.image_shape` must be [channels, height, width]"),
-    ({"name": "synthetic", "num_classes": 1}, "`task.dataset.num_classes` must be at least 2, got 1"),
+@pytest.mark.parametrize("target, kwargs, message", [
+    ("digits", {"num_classes": 4}, "unknown key `task.dataset.kwargs.num_classes` for dataset 'digits'; known: resize"),
+    ("synthetic", {"image_shape": [3, 32]}, "`task.dataset.kwargs.image_shape` must be [channels, height, width], all at least 1"),
+    ("synthetic", {"image_shape": [0, 32, 32]}, "`task.dataset.kwargs.image_shape` must be [channels, height, width]"),
+    ("synthetic", {"num_classes": 1}, "`task.dataset.kwargs.num_classes` must be an integer of at least 2, got 1"),
 ])
-def test_synthetic_fields_are_checked(kwargs, message):
-    """The synthetic fields are checked and refused for other datasets."""
+def test_synthetic_fields_are_checked(target, kwargs, message):
+    """The synthetic loader's arguments are checked, and refused by loaders that do not take them."""
     with pytest.raises(ConfigError, match=re.escape(message)):
-        DatasetSpec(**kwargs)
+        DatasetSpec(target, kwargs)

@@ -29,6 +29,16 @@ def test_every_network_has_an_expectation():
     assert set(EXPECTED) == set(NETWORKS)
 
 
+def test_built_in_names_are_aliases_of_import_paths():
+    """A built-in name and its import path build the same network."""
+    assert all(path.startswith("kasrl.tasks.networks:") for path in NETWORKS.values())
+    torch.manual_seed(0)
+    a = build_network("small_cnn", num_classes=10, in_channels=1, width=8)
+    torch.manual_seed(0)
+    b = build_network(NETWORKS["small_cnn"], num_classes=10, in_channels=1, width=8)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_forward_shape_and_replaceable_count(name):
     shape, count = EXPECTED[name]
@@ -83,19 +93,19 @@ def test_resnet_uses_torchvision_layer_names():
 
 
 def test_unknown_network_suggests_a_close_name():
-    with pytest.raises(
-        ConfigError, match=re.escape("`task.network.name`: unknown network 'resnet18_cfar'; did you mean 'resnet18_cifar'?")
-    ):
+    with pytest.raises(ConfigError, match=re.escape("`task.network.target`: 'resnet18_cfar' is neither a built-in network (")) as e:
         build_network("resnet18_cfar", num_classes=10, in_channels=3)
+    assert str(e.value).endswith("nor an import path 'package.module:factory'; did you mean 'resnet18_cifar'?")
 
 
 def test_unknown_network_option_is_named():
-    with pytest.raises(ConfigError, match=re.escape("unknown key `task.network.widht` for network 'small_cnn'; did you mean `width`?")):
+    message = "unknown key `task.network.kwargs.widht` for network 'small_cnn'; did you mean `width`?"
+    with pytest.raises(ConfigError, match=re.escape(message)):
         build_network("small_cnn", num_classes=10, in_channels=1, widht=8)
 
 
 def test_bad_width_is_named():
-    with pytest.raises(ConfigError, match=re.escape("`task.network.width` must be a positive integer, got 0")):
+    with pytest.raises(ConfigError, match=re.escape("`task.network.kwargs.width` must be a positive integer, got 0")):
         build_network("small_cnn", num_classes=10, in_channels=1, width=0)
 
 
