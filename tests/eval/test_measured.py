@@ -117,11 +117,12 @@ def test_kill_9_mid_evaluation_keeps_every_committed_row(tmp_path):
     db = tmp_path / "r.db"
     script = textwrap.dedent(f"""
         import sys
-                from kasrl.eval.cache import CachedEvaluator
+        from agents.random_sampler import RandomSampler
+        from kasrl.eval.cache import CachedEvaluator
         from kasrl.eval.measured import MeasuredEvaluator
         from kasrl.eval.task_space import task_search_setup
-from kasrl.space import SearchSpace
-                from kasrl.store.sqlite import SQLiteStore
+        from kasrl.space import SearchSpace
+        from kasrl.store.sqlite import SQLiteStore
         from kasrl.tasks import load_task, task_from_dict
         if __name__ == "__main__":
             task = task_from_dict(load_task("digits_cnn").to_dict(), overrides={FAST!r})

@@ -99,11 +99,11 @@ def test_a_crashed_or_hung_ray_actor_is_replaced_and_the_search_goes_on(short_ta
 def test_ray_runs_a_deap_generation_and_ppo_episodes(digits, quick_task, tmp_path):
     from agents.callbacks import StopOnBudget
     from agents.ppo import PPOOptions, make_agent, make_vec_env
-    from evolution.algorithms import EvolutionOptions, evaluator_map, make_strategy
     from kasrl.experiment.budget import BudgetedEvaluator
     from kasrl.experiment.config import RunConfig
     from kasrl.experiment.run import make_evaluator
     from kasrl.store.sqlite import SQLiteStore
+    from kasrl.strategy import StrategyContext, make_strategy
 
     _, placements, space = digits
     cfg = RunConfig(task="digits_cnn", executor="ray", workers=2, store=str(tmp_path / "results.db"))
@@ -111,13 +111,12 @@ def test_ray_runs_a_deap_generation_and_ppo_episodes(digits, quick_task, tmp_pat
     require_namespace()  # make_evaluator starts Ray
     ev = make_evaluator(cfg, quick_task, placements, store, "test-run", "random")  # CachedEvaluator(RayEvaluator)
     try:
-        # DEAP: the random start of a (mu + lambda) population, mapped onto Ray through the toolbox
-        deap = make_strategy("mu_plus_lambda", space, EvolutionOptions(population=4, offspring=2), seed=7)
+        # DEAP: the random start of a (mu + lambda) population, one generation evaluated on Ray at once
         deap_budget = BudgetedEvaluator(ev, evaluations=4)
-        deap.toolbox.register("map", evaluator_map(deap_budget, chunk=2))
-        asked = [deap.ask() for _ in range(deap.batch_size())]
-        results = deap.toolbox.map(deap.toolbox.phenotype, [p.meta["individual"] for p in asked])
-        for proposal, result in zip(asked, results, strict=False):
+        deap = make_strategy("mu_plus_lambda", StrategyContext(space, 7, budget=deap_budget), {"population": 4, "offspring": 2})
+        asked = deap.ask_many(deap.batch_size())
+        results = deap_budget.evaluate_many([p.kernel for p in asked])
+        for proposal, result in zip(asked, results, strict=True):
             deap.tell(proposal, result)
         assert len(results) == 4 and all(isinstance(r.status, Status) and math.isfinite(r.reward) for r in results)
         assert store.count(run_id="test-run", strategy="random") == len({r.kernel_hash for r in results})
