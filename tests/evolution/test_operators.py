@@ -52,7 +52,10 @@ def _check(space, ind, replay: bool, run_at_placements: bool) -> None:
     k = ind.kernel
     assert k.is_finished and k.sizes is not None, "a child did not decode to a finished, solved kernel"
     assert ind[-1] == 0 and not ind.fitness.valid
-    assert space.config.min_steps <= k.steps <= space.config.max_steps
+    assert k.steps <= space.config.max_steps
+    if k.steps < space.config.min_steps:  # allowed only where nothing else was legal (a spent latency budget)
+        before = space.replay(ind[:-1], finish=False)
+        assert not space.action_mask(before)[1:].any()
     if replay:  # canonical: every step is legal where it is taken (raises IllegalAction otherwise)
         assert space.replay(ind).steps == k.steps
     if run_at_placements:
