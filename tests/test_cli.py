@@ -30,8 +30,8 @@ def test_show_prints_source_cost_and_writes_the_picture(tmp_path):
 
 def test_show_bad_input_is_one_line_and_status_2(tmp_path):
     (tmp_path / "bad.json").write_text('{"schema": "kasrl.kernel", "version": 1, "nodes": [')
-    for args in (["show", str(tmp_path / "missing.json")], ["show", str(tmp_path / "bad.json")], ["show", str(tmp_path / "bad.json"),
-                                                                                                  "--shape", "64x56"]):
+    for args in (["show", str(tmp_path / "missing.json")], ["show", str(tmp_path / "bad.json")],
+                 ["show", str(tmp_path / "bad.json"), "--shape", "64x56"]):
         r = _run(*args)
         assert r.returncode == 2
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr

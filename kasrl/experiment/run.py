@@ -201,8 +201,8 @@ def make_ladder(task, runner, store, run_id: str, strategy: str, latency=None):
             rungs.append(PredictRung(latency, timed, spec.predict_margin))
         else:
             rungs.append(MeasuredRung(name, runner, task, baseline, short))
-    penalties = {k: getattr(task.reward.penalties, k) for k in ("build_error", "numerics_error", "budget_violation", "timeout", "oom",
-                                                                "crash")}
+    causes = ("build_error", "numerics_error", "budget_violation", "timeout", "oom", "crash")
+    penalties = {k: getattr(task.reward.penalties, k) for k in causes}
     ladder = Ladder(rungs, LadderPolicy(spec.top_k, spec.floor), "measured", task.fingerprint, store, penalties, run_id, strategy)
     ladder.runner = runner
     return ladder

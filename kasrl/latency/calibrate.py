@@ -441,8 +441,8 @@ def refine(model: LatencyModel, samples: Sequence[tuple], prior: float = REFINE_
         p = Placement(*placement)
         for node in graph.live_nodes()[1:]:
             kind = op_kind(node.prim)
-            by_kind[i, node_kinds.index(kind)] += float(np.dot(model.coefficients[kind], node_features(graph, node, p, model.batch,
-                                                                                                       elsize)))
+            features = node_features(graph, node, p, model.batch, elsize)
+            by_kind[i, node_kinds.index(kind)] += float(np.dot(model.coefficients[kind], features))
         kf[i] = np.asarray(kernel_features(p, model.batch, elsize), dtype=float)[[0, 2]]
     old = np.array([model.scales[k] for k in node_kinds] + [model.coefficients[KERNEL][0], model.coefficients[KERNEL][2]])
     before = _medians(by_kind @ old[: len(node_kinds)] + kf @ old[len(node_kinds):], t)

@@ -112,8 +112,8 @@ class Budget:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ConfigError(f"`budget.{name}` must be a positive integer, got {v!r}")
-        if self.latency is not None and (not isinstance(self.latency, (int, float)) or isinstance(self.latency,
-                                                                                                  bool) or not self.latency > 0):
+        bad_latency = not isinstance(self.latency, (int, float)) or isinstance(self.latency, bool) or not self.latency > 0
+        if self.latency is not None and bad_latency:
             raise ConfigError(f"`budget.latency` must be a positive number (a multiple of the 3x3 conv's predicted latency) or null, "
                               f"got {self.latency!r}")
         if self.max_tensor_abs is None and self.max_tensor < 1:

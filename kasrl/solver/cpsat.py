@@ -295,8 +295,8 @@ class _Builder:
                         consts[i] += c
                     else:
                         coefs[i][lit.index] = coefs[i].get(lit.index, 0) + c
-        return [cp_model.LinearExpr.weighted_sum([lits[j] for j in cs], list(cs.values())) + k for cs, k in zip(coefs, consts,
-                                                                                                                strict=False)]
+        return [cp_model.LinearExpr.weighted_sum([lits[j] for j in cs], list(cs.values())) + k
+                for cs, k in zip(coefs, consts, strict=True)]
 
 
 def _status_ok(status: int) -> bool:

@@ -17,8 +17,8 @@ from tests.helpers import build
 
 
 def test_confirmation_retrains_over_seeds_paired_with_the_baseline_and_is_cached(monkeypatch):
-    task = task_from_dict(load_task("digits_cnn").to_dict(), overrides={"dataset.train_size": 300, "dataset.test_size": 100,
-                                                                       "recipe.epochs": 1.0})
+    overrides = {"dataset.train_size": 300, "dataset.test_size": 100, "recipe.epochs": 1.0}
+    task = task_from_dict(load_task("digits_cnn").to_dict(), overrides=overrides)
     placements, _, _ = task_search_setup(task)
     kernel = build([("conv", (0,), {"kh": 3, "kw": 3, "dilation": 1, "out": "depthwise"}),
                     ("projection", (0,), {"out": "C", "grouped": False})],

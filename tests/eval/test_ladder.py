@@ -59,8 +59,8 @@ def _ladder(store=None, top_k=3, floor=None, fail=None):
     predict = _Rung("predict", lambda k: (k.speed + 0.4, 0.0))  # a loose but true bound
     screen = _Rung("screen", lambda k: (k.speed, 0.05))
     full = _Rung("full", last=True, fail=fail)
-    return Ladder([predict, screen, full], LadderPolicy(top_k, floor), "measured", "task", store, {"build_error": -7.0}), (predict, screen,
-                                                                                                                           full)
+    ladder = Ladder([predict, screen, full], LadderPolicy(top_k, floor), "measured", "task", store, {"build_error": -7.0})
+    return ladder, (predict, screen, full)
 
 
 def test_a_kernel_that_could_win_is_never_dropped_and_one_that_cannot_is_never_trained():

@@ -151,3 +151,18 @@ def test_kill_9_mid_evaluation_keeps_every_committed_row(tmp_path):
     store = SQLiteStore(db)
     assert store.count() >= committed
 
+
+
+def test_kernels_of_a_task_with_a_latency_budget_are_measured_not_refused():
+    """The latency budget is the masks' (a model's prediction); the evaluation measures latency instead of checking it."""
+    task = task_from_dict(load_task("digits_cnn").to_dict(), overrides={**FAST, "budget.latency": 1.0})
+    placements, budget, latency = task_search_setup(task)
+    assert latency is not None
+    kernel = RandomSampler(SearchSpace(placements, budget, latency=latency), seed=0).ask().kernel
+    ev = MeasuredEvaluator(task, None, isolation="inline", skip=("accuracy",))
+    try:
+        r = ev.evaluate(kernel)
+    finally:
+        ev.close()
+    assert r.status == Status.OK, r.cause
+    assert r.metrics["speedup"] > 0 and r.stages["budget"]["outcome"] == "ok"

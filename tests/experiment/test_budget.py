@@ -31,8 +31,8 @@ class _Recorded(AnalyticEvaluator):
 
     def evaluate(self, kernel):
         r = super().evaluate(kernel)
-        return replace(r, cached=True, stages={"latency": {"outcome": "ok", "seconds": 15.0}, "accuracy": {"outcome": "ok",
-                                                                                                           "seconds": 25.0}})
+        stages = {"latency": {"outcome": "ok", "seconds": 15.0}, "accuracy": {"outcome": "ok", "seconds": 25.0}}
+        return replace(r, cached=True, stages=stages)
 
 
 def test_a_raising_evaluator_is_a_charged_crash_not_an_endless_loop(kernels):

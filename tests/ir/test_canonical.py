@@ -83,6 +83,6 @@ def test_hash_is_the_same_in_a_fresh_process():
         "from kasrl.ir.canonical import kernel_hash\n"
         "print(kernel_hash(_two_branches(1, True)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123",
-                                                                                                        "PATH": ""}).stdout
+    env = {"PYTHONHASHSEED": "123", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == kernel_hash(g)

@@ -38,8 +38,8 @@ def test_bottleneck_gets_the_largest_width_that_fits_half_a_conv():
 
 
 def test_grouped_projection_gets_a_group_count_that_divides_c_everywhere():
-    steps = [("group", (0,), {}), ("projection", (0,), dict(out="C", grouped=True)), ("conv", (0,), dict(kh=3, kw=3, dilation=1,
-                                                                                                         out="depthwise"))]
+    steps = [("group", (0,), {}), ("projection", (0,), dict(out="C", grouped=True)),
+             ("conv", (0,), dict(kh=3, kw=3, dilation=1, out="depthwise"))]
     placements = [Placement(48, 8, 8), Placement(80, 4, 4), Placement(112, 2, 2)]  # gcd 16, not powers of two
     g = build(steps)
     sizes = SizeSolver(placements, Budget(flops=0.2, params=0.2)).solve(g)
