@@ -431,7 +431,7 @@ def confirmed_leaderboard(run_dir: Path, rows: list) -> Path:
     ranked = sorted(rows, key=lambda r: -r["confirmed_reward"])
     n = len(ranked[0]["seeds"]) if ranked else 0
     head = ["rank", "kernel", "confirmed reward", "run's reward", "speedup", f"accuracy (mean +- sd, {n} seeds)",
-            "gap to baseline (paired)"]
+            "accuracy below baseline (paired)"]
     table = Table(title=f"confirmed: the best kernels of {Path(run_dir).name} retrained over {n} seeds, whole test split")
     for col in head:
         table.add_column(col, justify="right")
