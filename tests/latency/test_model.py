@@ -79,3 +79,38 @@ def test_a_model_needs_every_kind_with_finite_non_negative_coefficients():
         LatencyModel({**good, "unfold": (1e-6, -1.0, 0.0)}, 8)
     with pytest.raises(ValueError, match="unknown latency kind"):
         LatencyModel({**good, "warp": (0.0, 0.0, 0.0)}, 8)
+
+
+@pytest.mark.parametrize("objective", ["fill", "feasible"])
+def test_kernels_finished_under_a_latency_budget_fit_it_by_the_models_own_prediction(objective):
+    """The latency the masks and CP-SAT charge is the model's prediction: random kernels
+    finished under ``budget.latency`` (the oracle's witness or CP-SAT's sizes) are
+    predicted within that multiple of the 3x3 conv at every placement, and with
+    ``fill`` CP-SAT uses nearly all of it somewhere."""
+    from kasrl.solver.budget import Budget
+
+    model = _model(3, batch=1)
+    placements = (Placement(32, 14, 14), Placement(64, 7, 7))
+    budget = Budget(flops=1.0, params=1.0, max_tensor=16.0, latency=0.8)
+    space = SearchSpace(placements, budget, latency=model)
+    rng = random.Random(11)
+    used = []
+    for _ in range(12):
+        state = space.reset()
+        target = rng.randint(3, 10)
+        while not (state.steps >= target and space.can_finish(state)):
+            legal = [int(a) for a in space.action_mask(state).nonzero()[0] if a != 0]
+            if not legal:
+                break
+            state = space.apply(state, rng.choice(legal))
+        kernel = space.finish(state, objective)
+        for p in placements:
+            limit = int(0.8 * model.conv3x3_units(p))
+            assert model.predict_units(kernel, p) <= limit, f"{kernel_label(kernel)} at {p}"
+            used.append(model.predict_units(kernel, p) / limit)
+    if objective == "fill":
+        assert max(used) > 0.9, used
+
+
+def kernel_label(kernel) -> str:
+    return " -> ".join(n.prim.label() for n in kernel.live_nodes()[1:])
