@@ -47,9 +47,11 @@ def search_arm(args, ladder: bool, folder: Path) -> dict:
     study.finish(confirm=True, confirm_top=3, confirm_seeds=args.confirm_seeds)
     history = study.history
     trained = sum(1 for h in history if "m_accuracy" in h)
+    names = list(study.run.task.ladder.rungs) or ["full"]
     rungs: dict = {}
-    for h in history:
-        rungs[h.get("m_rung", "full")] = rungs.get(h.get("m_rung", "full"), 0) + 1
+    for h in history:  # the last rung each kernel ran (m_rung: its index; no ladder: the full evaluation)
+        name = names[int(h["m_rung"])] if "m_rung" in h else "full"
+        rungs[name] = rungs.get(name, 0) + 1
     best = max(study.confirmed, key=lambda r: r["confirmed_reward"]) if study.confirmed else None
     return {"judged": len(history), "trained": trained, "seconds": searched, "rungs": rungs, "best": best}
 
@@ -59,8 +61,8 @@ def report_arm(label: str, arm: dict) -> None:
     best = "none confirmed" if b is None else (
         f"best confirmed {b['hash'][:8]}: reward {b['confirmed_reward']:.3f} (run's {b['reward']:.3f}), speedup {b['speedup']:.3f}x, "
         f"accuracy {b['accuracy_mean']:.2f} +- {b['accuracy_sd']:.2f}% over {len(b['seeds'])} seeds "
-        f"(gap to the baseline {b['gap_mean']:+.2f} +- {b['gap_sd']:.2f} pt)")
-    rungs = ", ".join(f"{k} {v}" for k, v in sorted(arm["rungs"].items()))
+        f"(accuracy below the baseline, paired: {b['gap_mean']:+.2f} +- {b['gap_sd']:.2f} pt)")
+    rungs = ", ".join(f"{k} {v}" for k, v in arm["rungs"].items())
     print(f"  {label}: {arm['judged']} kernels judged, {arm['trained']} trained in {arm['seconds']:.0f} s (reached: {rungs}); {best}",
           flush=True)
 
