@@ -145,7 +145,8 @@ def _stage_budget(rt: TaskRuntime, kernel: Evaluable, metrics: dict) -> str:
     from kasrl.analysis import measured_cost
 
     worst_f = worst_p = 0.0
-    budget = dataclasses.replace(rt.budget, latency=None)  # latency is measured here; its budget is the masks' (a model's)
+    # The latency budget bounds predicted latency (the masks' job); measured speed is the latency stage's.
+    budget = dataclasses.replace(rt.budget, latency=None)
     for p in rt.placements:
         lim = budget.limits(p)
         with ComputeSlots() as slots, slots.step():

@@ -197,8 +197,9 @@ def _best_kernels(runs: list, folder: Path, n: int = 5) -> str:
                 shutil.copyfile(src, out / src.name)
         who = ", ".join(f"{rr['strategy']} seed {rr['seed']}" for rr, _ in pairs)
         lines.append(f"- `{h}` (found by {who}): confirmed reward {c['confirmed_reward']:.3f}, speedup {c['speedup']:.3f}x, "
-                     f"accuracy {c['accuracy_mean']:.2f} +- {c['accuracy_sd']:.2f}% over {len(c['seeds'])} seeds (paired gap "
-                     f"{c['gap_mean']:+.2f} +- {c['gap_sd']:.2f} pt) — [json](kernels/{h}.json), [source](kernels/{h}.py), "
+                     f"accuracy {c['accuracy_mean']:.2f} +- {c['accuracy_sd']:.2f}% over {len(c['seeds'])} seeds "
+                     f"({c['gap_mean']:+.2f} +- {c['gap_sd']:.2f} pt below the baseline, paired) — [json](kernels/{h}.json), "
+                     f"[source](kernels/{h}.py), "
                      f"![{h}](kernels/{h}.png)")
     if ranked and (out / f"{ranked[0][0]}.py").is_file():
         lines += ["", "The best kernel's source:", "", "```python", (out / f"{ranked[0][0]}.py").read_text().rstrip(), "```"]
