@@ -19,27 +19,25 @@ def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
 
 
 class Kernel(nn.Module):
-    """kasrl kernel afddf54515cb6a8a: reward -0.230"""
+    """kasrl kernel 1042e4530117615e: reward 0.231"""
 
     def __init__(self, c: int, h: int, w: int) -> None:
         super().__init__()
         self.c, self.h, self.w = c, h, w
-        self.weight3 = nn.Parameter(torch.empty(c))
-        self.weight4 = nn.Parameter(torch.empty(c))
+        self.weight1 = nn.Parameter(torch.empty(c, c, 1, 1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight3)
-        nn.init.ones_(self.weight4)
+        c = self.c
+        nn.init.uniform_(self.weight1, -((c) ** -0.5), (c) ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         c = self.c
         t0 = x.reshape(n, 1, c, 1, 1, h, w)
-        t1 = t0.square()  # elementwise[square] -> [1, C, 1, 1, H, W]
-        t2 = _shift(t1, 6, 2)  # shift[W,offset=2] -> [1, C, 1, 1, H, W]
-        t3 = t1 * self.weight3.view(1, 1, -1, 1, 1, 1, 1)  # scale[C] -> [1, C, 1, 1, H, W]
-        t4 = t3 * self.weight4.view(1, 1, -1, 1, 1, 1, 1)  # scale[C] -> [1, C, 1, 1, H, W]
-        t5 = t2 + t4  # binary[add] -> [1, C, 1, 1, H, W]
-        t6 = t0 + t5  # binary[add] -> [1, C, 1, 1, H, W]
-        return t6.reshape(n, c, h, w)
+        t1 = F.conv2d(t0.reshape(n, c, h, w), self.weight1).view(n, 1, c, 1, 1, h, w)  # projection[grouped=False,out=C] -> [1, C, 1, 1, H, W]
+        t2 = _shift(t1, 6, -2)  # shift[W,offset=-2] -> [1, C, 1, 1, H, W]
+        t3 = t0.amax(5, keepdim=True)  # fold[mode=max,H] -> [1, C, 1, 1, 1, W]
+        t4 = t1 + t2  # binary[add] -> [1, C, 1, 1, H, W]
+        t5 = t3 + t4  # binary[add] -> [1, C, 1, 1, H, W]
+        return t5.reshape(n, c, h, w)
