@@ -19,12 +19,9 @@ def task_search_setup(task_or_path, latency: bool = True) -> tuple:
         ConfigError: for a task file that does not load.
         ProfileError: for a latency profile that does not load.
     """
-    from kasrl.latency.task import task_latency_model
-    from kasrl.tasks import build_task_network, latency_placements, load_task, task_placements
+    from kasrl.latency.task import task_latency_model, task_placements
+    from kasrl.tasks import load_task
 
     task = load_task(task_or_path) if not hasattr(task_or_path, "fingerprint") else task_or_path
-    model, _ = build_task_network(task)
-    search = task_placements(task, model)
-    timed = latency_placements(task, search, model)
-    placements = tuple(dict.fromkeys(tuple(search) + tuple(timed)))
+    _, placements = task_placements(task)
     return placements, task.budget, task_latency_model(task, placements) if latency else None

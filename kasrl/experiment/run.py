@@ -187,7 +187,7 @@ def make_ladder(task, runner, store, run_id: str, strategy: str, latency=None):
     before the run's clock starts.
     """
     from kasrl.eval.ladder import Ladder, LadderPolicy, MeasuredRung, PredictRung
-    from kasrl.tasks import latency_placements
+    from kasrl.latency.task import task_placements
 
     spec = task.ladder
     baseline = runner.baseline()
@@ -197,7 +197,7 @@ def make_ladder(task, runner, store, run_id: str, strategy: str, latency=None):
         if name == "predict":
             if latency is None:
                 raise ConfigError("`task.ladder.rungs` has predict, which needs the task's latency model (kasrl.latency.task)")
-            timed = latency_placements(task, task_placements_of(task))
+            timed, _ = task_placements(task)
             rungs.append(PredictRung(latency, timed, spec.predict_margin))
         else:
             rungs.append(MeasuredRung(name, runner, task, baseline, short))
@@ -219,14 +219,6 @@ def latency_summary(info: dict) -> dict:
                 if value is not None:
                     out[f"latency_model/{key}_{when}"] = value
     return out
-
-
-def task_placements_of(task) -> tuple:
-    """The placements a task's network puts kernels at (recorded once)."""
-    from kasrl.tasks import build_task_network, task_placements
-
-    model, _ = build_task_network(task)
-    return task_placements(task, model)
 
 
 def _gpu_for(i: int) -> str | None:
